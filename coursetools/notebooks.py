@@ -1,0 +1,71 @@
+"""Reading the course notebooks: exercises, solution regions and hidden tests."""
+import json
+import re
+from pathlib import Path
+
+EXERCISE = re.compile(r'^#{2,4} Exercise (\d\d\.\d+): (.+?)\s*$', re.MULTILINE)
+SOLUTION = re.compile(r'^[ \t]*### BEGIN SOLUTION[^\n]*\n(.*?)^[ \t]*### END SOLUTION', re.MULTILINE | re.DOTALL)
+HIDDEN = re.compile(r'^[ \t]*### BEGIN HIDDEN TESTS[^\n]*\n(.*?)^[ \t]*### END HIDDEN TESTS', re.MULTILINE | re.DOTALL)
+
+
+def course_notebooks(nbs: Path) -> list:
+    "The module notebooks of the course (`NN_name.ipynb`), in order."
+    return sorted(p for p in Path(nbs).glob('[0-9][0-9]_*.ipynb'))
+
+
+def load(path) -> dict:
+    return json.loads(Path(path).read_text(encoding='utf-8'))
+
+
+def source(cell) -> str:
+    src = cell['source']
+    return src if isinstance(src, str) else ''.join(src)
+
+
+def nbgrader_meta(cell) -> dict:
+    return cell.get('metadata', {}).get('nbgrader', {})
+
+
+def exercises(nb: dict) -> dict:
+    """Map each solution cell's grade_id to its exercise, e.g. {'ex00_01_unbroadcast': '00.1: implement unbroadcast'}.
+
+    An exercise is announced by a markdown heading `### Exercise NN.M: title`; it covers the solution cells that
+    follow it, up to the next such heading. A solution cell before any heading is an error.
+    """
+    current, found = None, {}
+    for cell in nb['cells']:
+        if cell['cell_type'] == 'markdown':
+            m = EXERCISE.search(source(cell))
+            if m:
+                current = f'{m.group(1)}: {m.group(2)}'
+        meta = nbgrader_meta(cell)
+        if meta.get('solution') and cell['cell_type'] == 'code':
+            if current is None:
+                raise ValueError(f"solution cell {meta.get('grade_id')!r} has no '### Exercise NN.M: ...' heading above it")
+            found[meta['grade_id']] = current
+    return found
+
+
+def solution_regions(nb: dict) -> list:
+    "The text of every solution region in the notebook."
+    return [m.group(1) for c in nb['cells'] if c['cell_type'] == 'code' for m in SOLUTION.finditer(source(c))]
+
+
+def hidden_tests(nb: dict) -> list:
+    "The text of every hidden-test region in the notebook."
+    return [m.group(1) for c in nb['cells'] if c['cell_type'] == 'code' for m in HIDDEN.finditer(source(c))]
+
+
+def secret_lines(nb: dict) -> set:
+    "Lines of solutions and hidden tests that must never reach a student (blank and trivial lines left out)."
+    lines = set()
+    for region in solution_regions(nb) + hidden_tests(nb):
+        for line in region.splitlines():
+            s = line.strip()
+            if len(s) > 12 and not s.startswith('#') and s not in _COMMON:
+                lines.add(s)
+    return lines
+
+
+# Lines that legitimately appear outside solutions too (they would make the leak check meaningless noise).
+_COMMON = {'return out', 'return grad', 'return gx, gy', 'continue'}
