@@ -1,0 +1,67 @@
+"""Timing harness: interleaved, repeated runs of ours and a reference; medians and paired ratios.
+
+A benchmark module `bench/bench_<topic>.py` defines `cases(quick: bool) -> list[Case]`. Each case times `ours`
+against `ref` (PyTorch where installed, or another reference such as a naive implementation). For each of
+`repeats` rounds the harness calls ours then ref (the order alternates each round), each `number` times, and
+records the per-call time; the reported ratio is the median of the per-round ratios ours/ref (paired, so that
+machine noise that hits both cancels out).
+"""
+import gc
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+
+@dataclass
+class Case:
+    group: str                       # table section, e.g. 'embedding forward'
+    name: str                        # the grid point, e.g. 'V=50000 D=768 B=32 T=512'
+    ours: Callable[[], object]
+    ref: Optional[Callable[[], object]] = None   # None: no reference available (e.g. torch not installed)
+    ref_name: str = 'torch'
+    target: Optional[float] = None   # the issue's target for ours/ref (median); None: report only
+    number: int = 0                  # calls per timing; 0 = choose so one timing takes ~20 ms
+    extra: dict = field(default_factory=dict)   # anything else worth reporting (e.g. GB/s, max error)
+
+
+def _calls_for(fn, budget=0.02) -> int:
+    t0 = time.perf_counter(); fn(); dt = time.perf_counter() - t0
+    return max(1, min(10_000, int(budget / max(dt, 1e-7))))
+
+
+def _time(fn, number: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - t0) / number
+
+
+def measure(case: Case, repeats: int = 15) -> dict:
+    "Time one case; returns a row for the table."
+    case.ours()                                   # warm up (caches, lazy allocations)
+    if case.ref: case.ref()
+    n = case.number or _calls_for(case.ours)
+    m = case.number or (_calls_for(case.ref) if case.ref else 0)
+    ours, refs, ratios = [], [], []
+    gc.disable()
+    try:
+        for r in range(repeats):
+            pair = [('ours', case.ours, n), ('ref', case.ref, m)]
+            if r % 2: pair.reverse()
+            got = {}
+            for who, fn, k in pair:
+                if fn is not None:
+                    got[who] = _time(fn, k)
+            ours.append(got['ours'])
+            if 'ref' in got:
+                refs.append(got['ref']); ratios.append(got['ours'] / got['ref'])
+    finally:
+        gc.enable()
+    row = dict(group=case.group, name=case.name, ours_ms=statistics.median(ours) * 1e3,
+               ref=case.ref_name if case.ref else None,
+               ref_ms=statistics.median(refs) * 1e3 if refs else None,
+               ratio=statistics.median(ratios) if ratios else None, target=case.target)
+    row['met'] = None if row['ratio'] is None or case.target is None else row['ratio'] <= case.target
+    row.update(case.extra)
+    return row
