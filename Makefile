@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-export: setup  ## nbs/ -> tinytorch/
+export: setup  ## nbs/ -> tinytorch/, and nbs/index.ipynb -> README.md
 	$(BIN)/nbdev-export
+	$(BIN)/python tools/readme.py
 
 release: setup  ## student notebooks (solutions and hidden tests removed) -> _release/
 	$(BIN)/python -m coursetools release --out _release
