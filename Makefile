@@ -23,8 +23,8 @@ export: setup  ## nbs/ -> tinytorch/, and nbs/index.ipynb -> README.md
 release: setup  ## student notebooks (solutions and hidden tests removed) -> _release/
 	$(BIN)/python -m coursetools release --out _release
 
-docs: setup  ## process the notebooks for the docs site -> _proc/
-	$(BIN)/nbdev-proc-nbs
+docs: setup  ## the student docs site -> _site/ (offline; executed notebooks cached in _docs_cache/; leak-checked)
+	$(BIN)/python -m coursetools docs --out _site
 
 sync: setup  ## fail when tinytorch/ is not what nbdev-export makes of nbs/, or nbdev-clean would change a notebook
 	$(BIN)/python tools/sync_check.py
