@@ -25,6 +25,7 @@ import json
 import multiprocessing
 import re
 import shutil
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -117,9 +118,9 @@ def _package_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def _cache_file(path: Path, cache: Path, package: str) -> Path:
-    key = hashlib.sha256(CACHE_VERSION.encode() + path.read_bytes() + package.encode()).hexdigest()[:20]
-    return cache / f'{path.stem}-{key}.ipynb'
+def _cache_file(text: str, stem: str, cache: Path, package: str) -> Path:
+    key = hashlib.sha256(CACHE_VERSION.encode() + text.encode() + package.encode()).hexdigest()[:20]
+    return cache / f'{stem}-{key}.ipynb'
 
 
 def _runnable(nb):
@@ -133,17 +134,20 @@ def _runnable(nb):
     return nb
 
 
-def _execute_one(path: str, dest: str, timeout: int) -> list:
-    "Execute the instructor notebook `path` (in its folder) into `dest`; return the indexes of cells that raised."
+def _execute_one(text: str, folder: str, dest: str, timeout: int):
+    "Execute an instructor notebook (its text) in `folder` into `dest`; None, or why it could not run."
     from nbclient import NotebookClient
-    path, dest = Path(path), Path(dest)
-    nb = _runnable(nbformat.read(path, as_version=4))
-    NotebookClient(nb, timeout=timeout, kernel_name='python3', allow_errors=True,
-                   resources={'metadata': {'path': str(path.parent)}}).execute()
+    try:
+        nb = _runnable(nbformat.reads(text, as_version=4))
+        NotebookClient(nb, timeout=timeout, kernel_name='python3', allow_errors=True,
+                       resources={'metadata': {'path': folder}}).execute(stderr=subprocess.DEVNULL)
+    except Exception as e:                                # invalid notebook, dead kernel, timeout
+        return f'{type(e).__name__}: {str(e)[:300]}'
+    dest = Path(dest)
     tmp = dest.with_suffix('.tmp')
     nbformat.write(nb, tmp)
     tmp.replace(dest)
-    return _failed_cells(nb)
+    return None
 
 
 def _failed_cells(nb) -> list:
@@ -151,33 +155,36 @@ def _failed_cells(nb) -> list:
             and any(o.get('output_type') == 'error' for o in c.get('outputs', []))]
 
 
-def execute_notebooks(paths, cache, jobs: int = 2, timeout: int = 1800) -> dict:
-    "Executed instructor notebooks {path: nb}, from the cache when the notebook and the package are unchanged."
+def execute_notebooks(sources: dict, cache, root, jobs: int = 2, timeout: int = 1800) -> dict:
+    """Executed instructor notebooks {path: nb} for `sources` {path: notebook text}, from the cache when the
+    notebook and the package are unchanged. A notebook that cannot run is left out (its page has no outputs)."""
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    package = _package_digest(Path(paths[0]).resolve().parent.parent) if paths else ''
-    todo, result = [], {}
-    for p in paths:
-        dest = _cache_file(p, cache, package)
-        if not dest.exists():
-            todo.append((p, dest))
+    package = _package_digest(Path(root))
+    dests = {p: _cache_file(text, p.stem, cache, package) for p, text in sources.items()}
+    todo = [p for p in sources if not dests[p].exists()]
     if todo:
-        _log(f"executing {', '.join(p.name for p, _ in todo)} (cached in {cache}/)")
+        _log(f"executing {', '.join(p.name for p in todo)} (cached in {cache}/)")
+        args = [(sources[p], str(p.parent), str(dests[p]), timeout) for p in todo]
         if len(todo) == 1 or jobs <= 1:
-            failed = [_execute_one(str(p), str(d), timeout) for p, d in todo]
+            failed = [_execute_one(*a) for a in args]
         else:
             with ProcessPoolExecutor(min(jobs, len(todo)), mp_context=multiprocessing.get_context('spawn')) as ex:
-                failed = list(ex.map(_execute_one, *zip(*[(str(p), str(d), timeout) for p, d in todo])))
-        for (p, dest), bad in zip(todo, failed):
+                failed = list(ex.map(_execute_one, *zip(*args)))
+        for p, why in zip(todo, failed):
+            if why:
+                _log(f'{p.name}: could not be executed ({why}); its page has no outputs')
             for old in cache.glob(f'{p.stem}-*.ipynb'):      # older versions of this notebook
-                if old != dest:
+                if old != dests[p]:
                     old.unlink(missing_ok=True)
-    for p in paths:
-        nb = nbformat.read(_cache_file(p, cache, package), as_version=4)
-        bad = _failed_cells(nb)
-        if bad:
-            _log(f'{p.name}: cells {bad} raised when executed; their outputs (and those they fed) are missing')
-        result[p] = nb
+    result = {}
+    for p in sources:
+        if dests[p].exists():
+            nb = nbformat.read(dests[p], as_version=4)
+            bad = _failed_cells(nb)
+            if bad:
+                _log(f'{p.name}: cells {bad} raised when executed; their outputs (and those they fed) are missing')
+            result[p] = nb
     return result
 
 
@@ -290,15 +297,16 @@ class _Markdown:
         outer = self
 
         class Renderer(IPythonRenderer):
+            # Math was taken out before parsing (`_protect_math`): dollars left are text, not math.
             def block_math(self, body):
-                return f'<span class="math display">{html.escape(body, quote=False)}</span>'
+                return html.escape(f'$${body}$$', quote=False)
 
             def inline_math(self, body):
-                return f'<span class="math inline">{html.escape(body, quote=False)}</span>'
+                return html.escape(f'${body}$', quote=False)
 
             def latex_environment(self, name, body):
-                return (f'<span class="math display">\\begin{{{name}}}{html.escape(body, quote=False)}'
-                        f'\\end{{{name}}}</span>')
+                tex = html.escape(f'\\begin{{{name}}}{body}\\end{{{name}}}', quote=False)
+                return f'<span class="math display">{tex}</span>'
 
             def heading(self, text, level, **attrs):
                 return outer.heading(text, level)
@@ -327,7 +335,34 @@ class _Markdown:
         return f'<h{level} id="{hid}" class="anchored">{text}<a class="anchor-link" href="#{hid}">¶</a></h{level}>\n'
 
     def __call__(self, text: str) -> str:
-        return self._md.render(text)
+        text, maths = _protect_math(text)
+        out = self._md.render(text)
+        for i, (display, tex) in enumerate(maths):
+            kind = 'display' if display else 'inline'
+            out = out.replace(f'zzMATH{i}zz', f'<span class="math {kind}">{html.escape(tex, quote=False)}</span>', 1)
+        return out
+
+
+# Code first (its dollars are not math), then $$display$$, then $inline$ (pandoc's rule: no space inside the dollars).
+_MATH_OR_CODE = re.compile(r'(?P<fence>^[ \t]*(?P<ticks>```+|~~~+).*?^[ \t]*(?P=ticks)[ \t]*$)'
+                           r'|(?P<code>(?P<bt>`+).+?(?P=bt))'
+                           r'|(?<!\\)\$\$(?P<display>.+?)(?<!\\)\$\$'
+                           r'|(?<![\\$])\$(?P<inline>[^\s$](?:[^$]*?[^\s\\$])?)\$(?!\d)',
+                           re.MULTILINE | re.DOTALL)
+
+
+def _protect_math(text: str):
+    """Take the math out of markdown before it is parsed (as Jupyter does), so that a line of an equation that
+    starts with `+` or `-` is not read as a list: text with placeholders, and [(display, tex)]."""
+    maths = []
+
+    def sub(m):
+        if m.group('fence') or m.group('code'):
+            return m.group(0)
+        display = m.group('display') is not None
+        maths.append((display, m.group('display') if display else m.group('inline')))
+        return f'zzMATH{len(maths) - 1}zz'
+    return _MATH_OR_CODE.sub(sub, text), maths
 
 
 def _highlight(code: str) -> str:
@@ -367,13 +402,13 @@ def _safe_outputs(outputs) -> list:
     return keep
 
 
-def stage_notebook(path: Path, executed=None) -> dict:
+def stage_notebook(path: Path, executed=None, text: str = None) -> dict:
     """One module page from the student version of `path`: {'title', 'description', 'cells', 'student'}.
 
     `cells` are dicts of kind 'markdown' (text), 'api' (entries), 'code' (source, outputs, check).
     `executed` is the executed instructor notebook whose outputs may be grafted."""
     from .release import student_version
-    instructor = nbformat.read(path, as_version=4)
+    instructor = nbformat.reads(path.read_text(encoding='utf-8') if text is None else text, as_version=4)
     module_nb = bool(re.match(r'\d\d_', path.name))
     student = student_version(copy.deepcopy(instructor)) if module_nb else copy.deepcopy(instructor)
     if executed is not None and [c.get('id') for c in executed.cells] != [c.get('id') for c in instructor.cells]:
@@ -698,15 +733,17 @@ def build(nbs='nbs', out='_site', cache='_docs_cache', execute: bool = True, job
     website = cfg.get('website') or {}
     targets = render_targets(nbs, cfg)
     modules = [p for p in targets if p.suffix == '.ipynb' and re.match(r'\d\d_', p.name)]
+    sources = {p: p.read_text(encoding='utf-8') for p in targets if p.suffix == '.ipynb'}   # one snapshot
     executed = {}
     if execute and modules:
-        executed = execute_notebooks(modules, cache, jobs=jobs, timeout=timeout)
+        executed = execute_notebooks({p: sources[p] for p in modules}, cache, nbs.parent, jobs=jobs,
+                                     timeout=timeout)
 
     pages = {}
     for p in targets:
         try:
             if p.suffix == '.ipynb':
-                pages[p.stem] = stage_notebook(p, executed.get(p))
+                pages[p.stem] = stage_notebook(p, executed.get(p), sources[p])
                 pages[p.stem]['module'] = p in modules
             else:
                 pages[p.stem] = stage_markdown(p)
