@@ -37,7 +37,7 @@ import yaml
 from .notebooks import EXERCISE, course_notebooks, exercises, nbgrader_meta, secret_lines
 
 ASSETS = Path(__file__).parent / 'docs_assets'
-CACHE_VERSION = '1'   # bump when what is cached (the executed instructor notebook) changes meaning
+CACHE_VERSION = '2'   # bump when what is cached (the executed instructor notebook) changes meaning
 TEXT_SUFFIXES = {'.html', '.htm', '.css', '.js', '.json', '.ipynb', '.txt', '.md', '.xml', '.svg', '.map'}
 
 
@@ -111,11 +111,24 @@ def _default_exp(nb) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- execution
-def _package_digest(root: Path) -> str:
+def _package_digest(root: Path, modules) -> str:
+    "Hash of the package files a notebook can use: `__init__.py` and the modules of lower-numbered notebooks."
     h = hashlib.sha256()
-    for p in sorted((root / 'tinytorch').glob('*.py')):
-        h.update(p.name.encode() + b'\0' + p.read_bytes())
+    for p in [root / 'tinytorch' / '__init__.py'] + [root / 'tinytorch' / f'{m}.py' for m in sorted(modules)]:
+        if p.exists():
+            h.update(p.name.encode() + b'\0' + p.read_bytes())
     return h.hexdigest()
+
+
+def _lower_modules(sources: dict) -> dict:
+    "{notebook: the package modules (default_exp) of the notebooks numbered below it}."
+    exp = {}
+    for p, text in sources.items():
+        try:
+            exp[p] = _default_exp(nbformat.reads(text, as_version=4))
+        except Exception:
+            exp[p] = None
+    return {p: {m for q, m in exp.items() if m and q.name[:2] < p.name[:2]} for p in sources}
 
 
 def _cache_file(text: str, stem: str, cache: Path, package: str) -> Path:
@@ -160,8 +173,8 @@ def execute_notebooks(sources: dict, cache, root, jobs: int = 2, timeout: int = 
     notebook and the package are unchanged. A notebook that cannot run is left out (its page has no outputs)."""
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
-    package = _package_digest(Path(root))
-    dests = {p: _cache_file(text, p.stem, cache, package) for p, text in sources.items()}
+    lower = _lower_modules(sources)
+    dests = {p: _cache_file(text, p.stem, cache, _package_digest(Path(root), lower[p])) for p, text in sources.items()}
     todo = [p for p in sources if not dests[p].exists()]
     if todo:
         _log(f"executing {', '.join(p.name for p in todo)} (cached in {cache}/)")
@@ -560,7 +573,9 @@ def _link_code(fragment: str, symbols: dict, pages: dict, here: str) -> str:
         if target.startswith(f'{here}#'):
             target = target[len(here):]
         return f'<a href="{target}"><code>{m.group(2)}</code></a>'
-    return re.sub(r'(<a\b[^>]*>|<pre>)?<code>([^<]*)</code>', sub, fragment)
+    pieces = re.split(r'(<h[1-6]\b.*?</h[1-6]>)', fragment, flags=re.DOTALL)   # headings stay as they are
+    return ''.join(p if p.startswith('<h') else re.sub(r'(<a\b[^>]*>|<pre>)?<code>([^<]*)</code>', sub, p)
+                   for p in pieces)
 
 
 def _rewrite_links(fragment: str, pages: dict) -> str:
