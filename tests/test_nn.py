@@ -3,7 +3,7 @@ import copy
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from tinytorch.nn import (GELU, CrossEntropyLoss, Dropout, LayerNorm, Linear, Module, ModuleList, Parameter, ReLU,
@@ -144,7 +144,7 @@ def test_cross_entropy_properties(z, data):
 @given(arrays(np.float64, st.tuples(st.integers(1, 5), st.integers(2, 16)),
               elements=st.floats(-1e3, 1e3, allow_nan=False)))
 def test_layer_norm_properties(x):
-    x = x + np.linspace(0, 1, x.shape[1])        # rows that are not constant
+    assume((x.std(axis=1) > 1e-2).all())            # rows that are not (nearly) constant
     y = layer_norm(Tensor(x, dtype=np.float64), x.shape[1], eps=1e-12).data
     np.testing.assert_allclose(y.mean(axis=1), 0, atol=1e-8)
     np.testing.assert_allclose((y * y).mean(axis=1), 1, atol=1e-4)
