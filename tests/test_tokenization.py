@@ -425,3 +425,10 @@ def test_key_padding_mask_works_with_torch_attention():
     assert torch.all(weights[1, :, 1:] == 0)         # nothing attends to the padding of sequence 1
     alone, _ = attn(x[1:, :1], x[1:, :1], x[1:, :1])
     assert torch.allclose(out[1, 0], alone[0, 0], atol=1e-6)
+
+
+def test_constructor_needs_the_special_tokens():
+    with pytest.raises(ValueError, match="starts with the special tokens"):
+        CharTokenizer(['a', 'b'])
+    assert CharTokenizer(list(SPECIAL_TOKENS) + ['a']).encode('ab') == [4, UNK_ID]
+    assert BPETokenizer(BPETokenizer().train("abab abab", 262).merges).encode("abab") == [BASE_VOCAB + 1]

@@ -191,6 +191,8 @@ class Tokenizer:
         Tokenizer._kinds[cls.__name__] = cls
 
     def __init__(self, tokens=SPECIAL_TOKENS):
+        if tuple(tokens[:len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(f"a vocabulary starts with the special tokens {SPECIAL_TOKENS}, got {tuple(tokens[:4])}")
         self._set_tokens(list(tokens))
 
     def _set_tokens(self, tokens: list):
@@ -225,8 +227,11 @@ class Tokenizer:
             ids = [i for i in ids if i not in (PAD_ID, BOS_ID, EOS_ID)]
         return self._decode(ids)
 
-    def _encode(self, text: str) -> list: raise NotImplementedError
-    def _decode(self, ids: list) -> str: raise NotImplementedError
+    def _encode(self, text: str) -> list:
+        raise NotImplementedError(f"{type(self).__name__} does not define _encode")
+
+    def _decode(self, ids: list) -> str:
+        raise NotImplementedError(f"{type(self).__name__} does not define _decode")
 
     # --- files
     def _state(self) -> dict:
