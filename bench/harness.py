@@ -22,6 +22,7 @@ class Case:
     ref_name: str = 'torch'
     target: Optional[float] = None   # the target for ours/ref (median); None: report only
     number: int = 0                  # calls per timing; 0 = choose so one timing takes ~20 ms
+    repeats: int = 0                 # paired rounds; 0 = the run's default (15, or 3 with --quick)
     extra: dict = field(default_factory=dict)   # anything else worth reporting (e.g. GB/s, max error)
 
 
@@ -39,6 +40,7 @@ def _time(fn, number: int) -> float:
 
 def measure(case: Case, repeats: int = 15) -> dict:
     "Time one case; returns a row for the table."
+    repeats = case.repeats or repeats
     case.ours()                                   # warm up (caches, lazy allocations)
     if case.ref: case.ref()
     n = case.number or _calls_for(case.ours)
