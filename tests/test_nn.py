@@ -470,6 +470,64 @@ def test_cross_entropy_matches_torch(reduction, label_smoothing, ignore_index):
 
 
 @pytest.mark.torch
+@pytest.mark.parametrize('classes', [1, 32, 33, 500])     # both sides of _row_max's transposed-copy threshold
+def test_cross_entropy_matches_torch_for_any_number_of_classes(classes):
+    torch = _torch()
+    z = (randn(40, classes) * 5).astype(np.float32)
+    z[3] += 1e4                                          # a row far above the others
+    t = RNG.integers(0, classes, 40)
+    zt = torch.tensor(z, requires_grad=True)
+    lt = torch.nn.functional.cross_entropy(zt, torch.tensor(t), label_smoothing=0.1)
+    lt.backward()
+    zo = Tensor(z, requires_grad=True)
+    lo = cross_entropy(zo, t, label_smoothing=0.1)
+    lo.backward()
+    np.testing.assert_allclose(lo.item(), lt.item(), rtol=1e-5)
+    np.testing.assert_allclose(zo.grad, zt.grad.numpy(), atol=1e-6)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize('affine', ['none', 'weight', 'bias'])
+def test_layer_norm_float32_matches_float64_torch_at_model_size(affine):
+    torch = _torch()
+    x = randn(640, 128) * 3 + 1
+    g = randn(640, 128)
+    w = randn(128) if affine == 'weight' else None
+    b = randn(128) if affine == 'bias' else None
+    xt = torch.tensor(x, requires_grad=True)
+    wt = None if w is None else torch.tensor(w, requires_grad=True)
+    bt = None if b is None else torch.tensor(b, requires_grad=True)
+    yt = torch.nn.functional.layer_norm(xt, (128,), wt, bt)
+    yt.backward(torch.tensor(g))
+    f32 = lambda a: None if a is None else Tensor(a.astype(np.float32), requires_grad=True)
+    xo, wo, bo = f32(x), f32(w), f32(b)
+    yo = layer_norm(xo, 128, wo, bo)
+    yo.backward(g.astype(np.float32))
+    assert yo.dtype == np.float32 and xo.grad.dtype == np.float32
+    np.testing.assert_allclose(yo.data, yt.detach().numpy(), atol=2e-5)
+    np.testing.assert_allclose(xo.grad, xt.grad.numpy(), atol=2e-5)
+    for ours, theirs in ((wo, wt), (bo, bt)):
+        if ours is not None:
+            np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), rtol=1e-5, atol=2e-4)
+
+
+def test_layer_norm_backward_leaves_its_inputs_and_saved_state_alone():
+    x, g = randn(5, 8).astype(np.float32), randn(5, 8).astype(np.float32)
+    g_copy = g.copy()
+    xt = Tensor(x, requires_grad=True)
+    ln = LayerNorm(8)
+    ln.weight.data[...] = randn(8)
+    y = ln(xt)
+    y.backward(g)
+    first = xt.grad.copy(), ln.weight.grad.copy()
+    xt.grad = ln.weight.grad = None
+    y.backward(g)                                      # a second pass through the same graph gives the same
+    np.testing.assert_array_equal(xt.grad, first[0])
+    np.testing.assert_array_equal(ln.weight.grad, first[1])
+    np.testing.assert_array_equal(g, g_copy)            # the incoming gradient is not modified in place
+
+
+@pytest.mark.torch
 def test_cross_entropy_shapes_match_torch():
     torch = _torch()
     z = randn(2, 5, 3).astype(np.float32)               # (N, C, d): class axis second

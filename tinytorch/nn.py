@@ -510,37 +510,55 @@ def _row_mean(a: np.ndarray) -> np.ndarray:
     return (a @ np.full(a.shape[1], 1.0 / a.shape[1], dtype=a.dtype))[:, None]
 
 
+def _row_sum(a: np.ndarray) -> np.ndarray:
+    "Sum of each row of a 2-D array, as a (rows,) vector (a BLAS matrix-vector product)."
+    return a @ np.ones(a.shape[1], dtype=a.dtype)
+
+
 def _col_sum(a: np.ndarray) -> np.ndarray:
     "Sum over the rows of a 2-D array (a BLAS vector-matrix product)."
     return np.ones(a.shape[0], dtype=a.dtype) @ a
+
+
+def _row_max(a: np.ndarray) -> np.ndarray:
+    "Maximum of each row of a 2-D array, as a (rows,) vector; rows of up to 32 are reduced in a transposed copy."
+    return a.T.copy().max(axis=0) if a.shape[1] <= 32 else a.max(axis=1)
 
 # %% ../nbs/01_nn.ipynb #cbbecc86
 class LayerNormFunction(Function):
     "Layer normalisation over the trailing `normalized_shape` axes, then `* weight + bias`; a fused backward."
     @staticmethod
     def forward(ctx, x, weight, bias, normalized_shape=(), eps=1e-5):
-        x2 = x.reshape(-1, math.prod(normalized_shape))      # (M, n): one row per normalised slice
-        xhat = x2 - _row_mean(x2)
-        rstd = 1.0 / np.sqrt(_row_mean(xhat * xhat) + eps)   # (M, 1)
+        n = math.prod(normalized_shape)
+        x2 = x.reshape(-1, n)                                # (M, n): one row per normalised slice
+        w = weight.reshape(-1) if weight is not None else np.ones(n, dtype=x.dtype)   # (n,)
+        xhat = x2 - _row_mean(x2)                            # (M, n), centred
+        out = np.square(xhat)                                # (M, n): the variance's scratch, then the output
+        rstd = 1.0 / np.sqrt(_row_mean(out) + eps)           # (M, 1)
         xhat *= rstd
-        ctx.save_for_backward(xhat, rstd, weight)
-        ctx.x_shape, ctx.param_shape = x.shape, tuple(normalized_shape)
-        out = xhat * weight.reshape(-1) if weight is not None else xhat.copy()
+        np.multiply(xhat, w, out=out)
         if bias is not None:
             out += bias.reshape(-1)
+        ctx.save_for_backward(xhat, rstd, w)
+        ctx.x_shape, ctx.param_shape = x.shape, tuple(normalized_shape)
         return out.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, grad):
-        xhat, rstd, weight = ctx.saved_tensors
+        xhat, rstd, w = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
         g = grad.reshape(xhat.shape)                          # (M, n)
-        gw = _col_sum(g * xhat).reshape(ctx.param_shape) if need_w else None
+        gxhat = g * xhat                                      # (M, n)
+        gw = _col_sum(gxhat).reshape(ctx.param_shape) if need_w else None
         gb = _col_sum(g).reshape(ctx.param_shape) if need_b else None
         gx = None
         if need_x:
-            ghat = g * weight.reshape(-1) if weight is not None else g
-            gx = ghat - _row_mean(ghat) - xhat * _row_mean(ghat * xhat)
+            wn = w / xhat.shape[1]
+            mean_ghat = (g @ wn)[:, None]                     # (M, 1): row means of g * w
+            mean_ghat_xhat = (gxhat @ wn)[:, None]            # (M, 1): row means of g * w * xhat
+            gx = g * w
+            gx -= mean_ghat
+            gx -= np.multiply(xhat, mean_ghat_xhat, out=gxhat)   # gxhat's memory, reused
             gx *= rstd
             gx = gx.reshape(ctx.x_shape)
         return gx, gw, gb
@@ -589,13 +607,13 @@ class CrossEntropyFunction(Function):
     @staticmethod
     def forward(ctx, logits, t, valid, label_smoothing=0.0, reduction='mean'):
         rows = np.arange(logits.shape[0])
-        z = logits - logits.max(axis=1, keepdims=True)           # (N, C), every entry <= 0
+        z = logits - _row_max(logits)[:, None]                   # (N, C), every entry <= 0
         e = np.exp(z)
-        s = e.sum(axis=1)                                         # (N,), at least 1
+        s = _row_sum(e)                                           # (N,), at least 1
         lse = np.log(s)                                           # logsumexp of z
         loss = (1.0 - label_smoothing) * (lse - z[rows, t])      # -log p(target)
         if label_smoothing:
-            loss += label_smoothing * (lse - z.mean(axis=1))    # -mean over classes of log p
+            loss += label_smoothing * (lse - _row_mean(z)[:, 0])  # -mean over classes of log p
         loss[~valid] = 0.0
         ctx.save_for_backward(e, s, t, valid)
         ctx.label_smoothing, ctx.reduction, ctx.count = label_smoothing, reduction, int(valid.sum())
