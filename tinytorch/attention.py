@@ -112,17 +112,17 @@ def _forward_block(s, q_b, k_b, v_b, o, bias_b=None, normalise=True, mask=None, 
 
 # %% ../nbs/06_attention.ipynb #a6f0c031
 def _backward_block(p, do, q_b, k_b, v_b, delta_b, dp, dq_b, mask=None, rescale=1.0, drop=None):
-    "One block of the attention backward: writes dS K into dq_b, returns (dS^T Q, P_d^T dO) for dK and dV."
+    "One block of the attention backward: writes dZ K into dq_b, returns (dZ^T Q, P_d^T dO) for dK and dV."
     pd = p if mask is None else np.multiply(np.multiply(p, mask, out=drop), rescale, out=drop)
     dv = pd.swapaxes(-1, -2) @ do                             # dV = P_d^T dO          (G, h, keys, Ev)
     np.matmul(do, v_b.swapaxes(-1, -2), out=dp)               # dP_d = dO V^T          (G, h, R, keys)
     if mask is not None:
         dp *= mask
         dp *= rescale                                         # dP = dP_d * M / (1 - p)
-    dp -= delta_b                                             # dS = P * (dP - rowsum(dO * O))
+    dp -= delta_b                                             # dZ = P * (dP - rowsum(dO * O))
     dp *= p
-    np.matmul(dp, k_b, out=dq_b)                              # dQ = dS K              (G, h, R, E)
-    dk = dp.swapaxes(-1, -2) @ q_b                            # dK = dS^T Q            (G, h, keys, E)
+    np.matmul(dp, k_b, out=dq_b)                              # dQ = dZ K              (G, h, R, E)
+    dk = dp.swapaxes(-1, -2) @ q_b                            # dK = dZ^T Q            (G, h, keys, E)
     return dk, dv
 
 
@@ -240,10 +240,19 @@ def _check_qkv(q: Tensor, k: Tensor, v: Tensor):
         raise TypeError(f"q, k and v must have the same dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
 
 # %% ../nbs/06_attention.ipynb #a6f0c038
-def scaled_dot_product_attention(q, k, v, attn_mask=None, key_padding_mask=None, is_causal: bool = False,
-                                 dropout_p: float = 0.0, scale: float = None, need_weights: bool = True,
-                                 generator: np.random.Generator = None):
-    "softmax(q k^T * scale + masks) v over the last two axes; returns (output, weights), weights None unless needed."
+def scaled_dot_product_attention(
+    q,                                    # (..., L, E) queries: (L, E), (B, L, E) or (B, H, L, E); Tensor or array
+    k,                                    # (..., S, E) keys, with the same leading dimensions
+    v,                                    # (..., S, Ev) values
+    attn_mask=None,                       # boolean (True = not allowed) or float (added to the scores), -> (..., L, S)
+    key_padding_mask=None,                # (B, S): True at padded keys (boolean) or added to the scores (float)
+    is_causal: bool = False,              # forbid keys after their query (j > i); those blocks are not computed
+    dropout_p: float = 0.0,               # attention dropout, applied whenever > 0 (pass 0 in eval mode)
+    scale: float = None,                  # multiplies q k^T; default 1 / sqrt(E)
+    need_weights: bool = True,            # False: weights are None and, without gradients, never stored
+    generator: np.random.Generator = None,  # draws the dropout masks; default tinytorch.nn's (see manual_seed)
+):
+    "softmax(q k^T * scale + masks) v over the last two axes: (output (..., L, Ev), weights (..., L, S) or None)."
     q, k, v = (x if isinstance(x, Tensor) else Tensor(x) for x in (q, k, v))
     _check_qkv(q, k, v)
     if not 0.0 <= dropout_p < 1.0:
@@ -330,8 +339,12 @@ def _head_mask(attn_mask, B: int, H: int, L: int, S: int):
 class MultiheadAttention(Module):
     "Multi-head attention with `torch.nn.MultiheadAttention`'s parameters, initialisation, arguments and results."
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
-                 batch_first: bool = True):
+    def __init__(self,
+                 embed_dim: int,              # E, the width of queries, keys, values and output
+                 num_heads: int,              # H; each head works on E // H features
+                 dropout: float = 0.0,        # attention dropout, in training mode only
+                 bias: bool = True,           # in_proj_bias and out_proj.bias
+                 batch_first: bool = True):   # (B, T, E) inputs; False: (T, B, E), PyTorch's default
         super().__init__()
         _check_heads(embed_dim, num_heads)
         if not 0.0 <= dropout < 1.0:
@@ -353,9 +366,16 @@ class MultiheadAttention(Module):
             constant_(self.in_proj_bias, 0.0)
             constant_(self.out_proj.bias, 0.0)
 
-    def forward(self, query, key, value, key_padding_mask=None, need_weights: bool = True, attn_mask=None,
-                average_attn_weights: bool = True, is_causal: bool = False):
-        "Attention of `query` over `key`/`value`: (output shaped like query, weights (B, L, S), (B, H, L, S) or None)."
+    def forward(self,
+                query,                              # (B, L, E): what attends (self-attention: x)
+                key,                                # (B, S, E): what is attended to (self: x; cross: the memory)
+                value,                              # (B, S, E): usually the same tensor as key
+                key_padding_mask=None,              # (B, S), True at padded keys
+                need_weights: bool = True,          # False: weights None (the fast path for layers)
+                attn_mask=None,                     # (L, S) or (B * H, L, S); boolean (True = not allowed) or float
+                average_attn_weights: bool = True,  # weights (B, L, S) averaged over heads, else (B, H, L, S)
+                is_causal: bool = False):           # forbid keys after their query (on top of attn_mask)
+        "Attention of `query` over `key`/`value`: (output shaped like query, weights or None)."
         query, key, value, key_padding_mask, unbatched = _batched(query, key, value, key_padding_mask,
                                                                   self.embed_dim, self.batch_first)
         (B, L, _), S, H = query.shape, key.shape[1], self.num_heads
