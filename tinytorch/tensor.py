@@ -679,9 +679,31 @@ def _horner(coefs: tuple, x: np.ndarray) -> np.ndarray:
     return out
 
 
+# Abramowitz & Stegun 7.1.26: |error| < 1.5e-7 (< 6e-7 in float32 arithmetic), in ~20 passes instead of ~60.
+_ERF_AS_P = 0.3275911
+_ERF_AS_A = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592, 0.0)
+
+
+def _erf_float32(x: np.ndarray) -> np.ndarray:
+    "erf for float32 arrays: 1 - t * poly(t) * exp(-x^2) with t = 1 / (1 + p|x|), computed in place."
+    a = np.abs(x)
+    t = a * _ERF_AS_P
+    t += 1.0
+    np.reciprocal(t, out=t)
+    y = _horner(_ERF_AS_A, t)                        # t * poly(t)
+    np.square(a, out=a)
+    np.negative(a, out=a)
+    np.exp(a, out=a)                                 # exp(-x^2)
+    y *= a
+    np.subtract(1.0, y, out=y)
+    return np.copysign(y, x, out=y)
+
+
 def erf(x: np.ndarray) -> np.ndarray:
     "The error function, elementwise, to the precision of x's floating dtype."
     x = np.asarray(x)
+    if x.dtype == np.float32:
+        return _erf_float32(x)
     a = np.minimum(np.abs(x), 8.0).astype(x.dtype)   # erf(8) is 1 to double precision
     z = a * a
     small = a * _horner(_ERF_T, z) / _horner(_ERF_U, z)                           # |x| <= 1
@@ -713,21 +735,27 @@ class GELU(Function):
     def forward(ctx, x, approximate='none'):
         if approximate not in ('none', 'tanh'):
             raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
-        ctx.save_for_backward(x)
         ctx.approximate = approximate
         if approximate == 'tanh':
-            return 0.5 * x * (1.0 + np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3)))
-        return 0.5 * x * (1.0 + erf(x * _INV_SQRT_2))
+            t = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * (x * x * x)))  # x * x * x: float32 ** 3 is slow
+            ctx.save_for_backward(x, t)
+            return 0.5 * x * (1.0 + t)
+        cdf = erf(x * _INV_SQRT_2)
+        cdf += 1.0
+        cdf *= 0.5                                   # Phi(x), kept for the backward
+        ctx.save_for_backward(x, cdf)
+        return x * cdf
 
     @staticmethod
     def backward(ctx, grad):
-        x, = ctx.saved_tensors
+        x, s = ctx.saved_tensors                     # s is Phi(x), or tanh(...) for the approximation
         if ctx.approximate == 'tanh':
-            t = np.tanh(_SQRT_2_OVER_PI * (x + 0.044715 * x ** 3))
-            return grad * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * x * x))
-        cdf = 0.5 * (1.0 + erf(x * _INV_SQRT_2))
-        pdf = _INV_SQRT_2PI * np.exp(-0.5 * x * x)
-        return grad * (cdf + x * pdf)
+            return grad * (0.5 * (1.0 + s) + 0.5 * x * (1.0 - s * s) * _SQRT_2_OVER_PI * (1.0 + 0.134145 * x * x))
+        d = np.exp(-0.5 * x * x)
+        d *= x
+        d *= _INV_SQRT_2PI                           # x phi(x)
+        d += s                                       # Phi(x) + x phi(x)
+        return grad * d
 
 
 def relu(x: Tensor) -> Tensor:
