@@ -474,3 +474,14 @@ def test_mha_init_matches_torch_statistically():
         a, b = p.data, tp.detach().numpy()
         assert abs(a.std() - b.std()) <= 0.05 * b.std() + 1e-12, name
         assert abs(np.abs(a).max() - np.abs(b).max()) <= 0.05 * np.abs(b).max() + 1e-12, name
+
+
+def test_edge_shapes():
+    q, k, v = randn(2, 4, 3), randn(2, 5, 3), randn(2, 5, 2)
+    column = np.array([[0.0], [-np.inf], [0.0], [1.0]])          # (L, 1): broadcast over the keys
+    out, w = sdpa(q, k, v, attn_mask=column)
+    assert (out.data[:, 1] == 0).all() and np.isfinite(out.data).all()
+    out, w = sdpa(randn(2, 0, 3), k, v)                         # no queries
+    assert out.shape == (2, 0, 2) and w.shape == (2, 0, 5)
+    out, w = sdpa(randn(1, 3), randn(1, 3), randn(1, 4))         # one query, one key: weight 1
+    assert w.data.tolist() == [[1.0]]

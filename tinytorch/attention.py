@@ -45,7 +45,7 @@ def _row_max(s: np.ndarray) -> np.ndarray:
 
 def _softmax_rows_(s: np.ndarray, bias: np.ndarray = None) -> np.ndarray:
     "In place along the last axis: s <- exp(s + bias - row max); returns 1 / row sums, shaped (..., 1)."
-    if bias is not None:
+    if bias is not None:                                  # forbidden scores become -inf
         s += bias
     m = _row_max(s)
     np.maximum(m, np.finfo(s.dtype).min, out=m)           # an all-masked row: -inf - (lowest float) = -inf, not NaN
@@ -63,7 +63,7 @@ _CAUSAL_ROWS = 128       # query rows per block under a causal mask
 
 def _blocks(B: int, H: int, L: int, S: int, causal: bool, itemsize: int):
     "Yield (batch slice, head slice, row slice, number of keys) for each block of the (B, H, L, S) scores."
-    R = min(L, max(1, _BLOCK_BYTES // (S * itemsize)), _CAUSAL_ROWS if causal else L)   # query rows per block
+    R = max(1, min(L, _BLOCK_BYTES // (S * itemsize), _CAUSAL_ROWS if causal else L))   # query rows per block
     heads = max(1, _BLOCK_BYTES // (R * S * itemsize))
     if heads >= H:                                         # whole batch elements per block
         groups = [(slice(b, min(B, b + heads // H)), slice(0, H)) for b in range(0, B, heads // H)]
@@ -218,7 +218,7 @@ def _attention_bias(attn_mask, key_padding_mask, is_causal: bool, batch: tuple, 
 
 def _future_masked(bias, L: int, S: int) -> bool:
     "Whether `bias` forbids every key after its query, as a causal mask does (then blocks can skip them)."
-    return (bias is not None and L > 1 and bias.shape[-2] == L
+    return (bias is not None and L > 1 and bias.shape[-2:] == (L, S)
             and bool(np.isneginf(bias[..., causal_mask(L, S)]).all()))
 
 
@@ -381,10 +381,10 @@ class MultiheadAttention(Module):
         (B, L, _), S, H = query.shape, key.shape[1], self.num_heads
         q, k, v = (split_heads(x, H) for x in _in_projection(query, key, value, self.in_proj_weight,
                                                              self.in_proj_bias))               # (B, H, T, d)
-        out, weights = scaled_dot_product_attention(
+        heads, weights = scaled_dot_product_attention(
             q, k, v, attn_mask=_head_mask(attn_mask, B, H, L, S), key_padding_mask=key_padding_mask,
             is_causal=is_causal, dropout_p=self.dropout if self.training else 0.0, need_weights=need_weights)
-        out = self.out_proj(merge_heads(out))                                                  # (B, L, E)
+        out = self.out_proj(merge_heads(heads))                                                # (B, L, E)
         if need_weights and average_attn_weights:
             weights = Tensor._from_array(weights.data.mean(axis=1))                            # (B, L, S)
         if unbatched:
