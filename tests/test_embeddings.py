@@ -26,8 +26,9 @@ def one_hot_reference(grad, ids, num_embeddings, padding_idx=None):
 # (num_embeddings, ids shape, d): the regimes of embedding_backward
 REGIMES = {
     'all distinct': (1000, (4, 5), 3),
-    'few distinct, many repeats (grid)': (7, (6, 50), 4),
-    'few distinct, several grid blocks': (5, (3, 20_000), 2),
+    'few distinct, small batch (one-hot product)': (7, (6, 50), 4),
+    'few distinct, many repeats (grid)': (7, (8, 5000), 8),
+    'few distinct, several grid blocks': (5, (3, 20_000), 20),
     'many distinct, some repeated (pairwise)': (300, (2, 150), 5),
     'one id only': (4, (1, 33), 2),
     'single token': (4, (1,), 3),
@@ -35,9 +36,17 @@ REGIMES = {
 }
 
 
+@pytest.fixture(params=['auto', 'grid', 'one-hot'])
+def few_ids_path(request, monkeypatch):
+    "Run a test with the automatic choice for few distinct ids, or with the grid or the one-hot product forced."
+    if request.param != 'auto':
+        monkeypatch.setattr(E, '_ONE_HOT_WORK', 0 if request.param == 'grid' else 10 ** 12)
+    return request.param
+
+
 @pytest.mark.parametrize('name', REGIMES)
 @pytest.mark.parametrize('dtype', [np.float32, np.float64])
-def test_backward_matches_the_definition(name, dtype):
+def test_backward_matches_the_definition(name, dtype, few_ids_path):
     V, shape, d = REGIMES[name]
     rng = np.random.default_rng(0)
     ids = rng.integers(0, V, shape)
@@ -50,7 +59,7 @@ def test_backward_matches_the_definition(name, dtype):
 
 
 @pytest.mark.parametrize('name', REGIMES)
-def test_backward_padding_row_is_zero(name):
+def test_backward_padding_row_is_zero(name, few_ids_path):
     V, shape, d = REGIMES[name]
     rng = np.random.default_rng(1)
     ids = rng.integers(0, V, shape)
@@ -95,12 +104,18 @@ def test_backward_empty_batch():
 @given(V=st.integers(1, 60), n=st.integers(1, 400), d=st.integers(1, 6), seed=st.integers(0, 2 ** 16),
        skew=st.booleans(), pad=st.booleans())
 def test_backward_property(V, n, d, seed, skew, pad):
+    "Small problems: with the one-hot product, and with the grid forced (its bookkeeping is then exercised)."
     rng = np.random.default_rng(seed)
     ids = (np.minimum(rng.zipf(1.5, n), V) - 1) if skew else rng.integers(0, V, n)
     grad = rng.standard_normal((n, d))
     padding_idx = int(ids[0]) if pad else None
-    np.testing.assert_allclose(embedding_backward(grad, ids, V, padding_idx),
-                               one_hot_reference(grad, ids, V, padding_idx), atol=1e-9)
+    want = one_hot_reference(grad, ids, V, padding_idx)
+    np.testing.assert_allclose(embedding_backward(grad, ids, V, padding_idx), want, atol=1e-9)
+    saved, E._ONE_HOT_WORK = E._ONE_HOT_WORK, 0
+    try:
+        np.testing.assert_allclose(embedding_backward(grad, ids, V, padding_idx), want, atol=1e-9)
+    finally:
+        E._ONE_HOT_WORK = saved
 
 
 @settings(max_examples=40, deadline=None)

@@ -66,6 +66,7 @@ def embedding_backward_naive(grad: np.ndarray, ids: np.ndarray, num_embeddings: 
 
 # %% ../nbs/04_embeddings.ipynb #628a2f5a
 _BLOCK_BYTES = 4 << 20      # gradient rows summed per block by the grid method: a few MB, so the grid stays in cache
+_ONE_HOT_WORK = 2_000_000   # below this many multiply-adds (ids present x N x d), a one-hot product is quicker
 
 
 def _sum_rows_by_grid(out: np.ndarray, ids: np.ndarray, g: np.ndarray, counts: np.ndarray):
@@ -135,7 +136,11 @@ def embedding_backward(grad: np.ndarray, ids: np.ndarray, num_embeddings: int, p
         counts = np.bincount(ids, minlength=num_embeddings)
         distinct = int(np.count_nonzero(counts))
         if 8 * distinct <= ids.size:                                 # every id 8 times or more on average
-            _sum_rows_by_grid(out, ids, g, counts)
+            if distinct * ids.size * d <= _ONE_HOT_WORK:              # a small batch: the definition, O^T g
+                present = np.flatnonzero(counts)
+                out[present] = (ids == present[:, None]).astype(g.dtype) @ g
+            else:
+                _sum_rows_by_grid(out, ids, g, counts)
         else:
             out[ids] = g                                             # right for every id that occurs once
             if distinct < ids.size:
