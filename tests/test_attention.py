@@ -409,8 +409,8 @@ def _torch_mha(torch, E, H, **kw):
 
 
 @pytest.mark.torch
-@pytest.mark.parametrize('case', ['self', 'cross', 'self causal', 'cross padding', 'self causal+padding',
-                                  'per head', 'float mask', 'no bias'])
+@pytest.mark.parametrize('case', ['self', 'cross', 'self causal', 'cross causal', 'cross padding',
+                                  'self causal+padding', 'cross causal+padding', 'per head', 'float mask', 'no bias'])
 def test_mha_matches_torch(case):
     torch = pytest.importorskip('torch')
     E, H, B, L, S = 16, 4, 3, 5, 7
@@ -423,7 +423,7 @@ def test_mha_matches_torch(case):
     cross = 'cross' in case or case == 'per head'
     kw = {}
     if 'causal' in case:
-        kw['attn_mask'] = causal_mask(L)
+        kw['attn_mask'] = causal_mask(L, S if cross else L)
     if case == 'float mask':
         kw['attn_mask'] = randn(L, L)
     if 'padding' in case:
