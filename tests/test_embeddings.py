@@ -33,6 +33,7 @@ REGIMES = {
     'one id only': (4, (1, 33), 2),
     'single token': (4, (1,), 3),
     'middle vocabulary': (200, (16, 128), 3),
+    'middle vocabulary, long rows (sorted runs in float64)': (200, (2, 1000), 512),
 }
 
 

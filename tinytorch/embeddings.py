@@ -99,6 +99,26 @@ def _sum_rows_by_grid(out: np.ndarray, ids: np.ndarray, g: np.ndarray, counts: n
     out[present] = acc.reshape(u, d)
 
 
+def _sum_runs(out: np.ndarray, ids: np.ndarray, g: np.ndarray):
+    "out[v] = sum of the rows of g with id v: rows sorted by id, each id's run summed by one BLAS call (regime 2b)."
+    n, d = g.shape
+    order = np.argsort(ids, kind='stable')
+    key = ids[order]                                                 # sorted: each id's rows form a run
+    chunk = max(16, min(1024, (_BLOCK_BYTES // 16) // (d * g.itemsize)))   # sorted rows gathered per step
+    new = np.empty(n, dtype=bool)
+    new[0] = True
+    np.not_equal(key[1:], key[:-1], out=new[1:])
+    cuts = np.union1d(np.flatnonzero(new), np.arange(0, n, chunk)).tolist() + [n]   # runs, split at chunk ends
+    buf, ones, part = np.empty((chunk, d), dtype=g.dtype), np.ones(chunk, dtype=g.dtype), np.empty(d, dtype=g.dtype)
+    base = -chunk
+    for a, b, k in zip(cuts[:-1], cuts[1:], key[cuts[:-1]].tolist()):
+        if a >= base + chunk:                                        # the next chunk of sorted rows
+            base = a
+            np.take(g, order[a:a + chunk], axis=0, out=buf[:min(chunk, n - a)], mode='clip')
+        np.dot(ones[:b - a], buf[a - base:b - base], out=part)
+        out[k] += part
+
+
 def _sum_repeated_rows(out: np.ndarray, ids: np.ndarray, rows: np.ndarray, g: np.ndarray):
     "out[v] = sum of g[rows] with id v, every id here repeated: neighbours added pairwise, level by level (regime 3)."
     order = np.argsort(ids, kind='stable')
@@ -132,20 +152,24 @@ def embedding_backward(grad: np.ndarray, ids: np.ndarray, num_embeddings: int, p
     g = np.ascontiguousarray(grad).reshape(-1, d)                    # (N, d)
     ids = ids.reshape(-1).astype(np.intp, copy=False)
     out = np.zeros((num_embeddings, d), dtype=g.dtype)               # zeroed lazily by the OS, page by page
-    if ids.size:
+    n = ids.size
+    if n:
         counts = np.bincount(ids, minlength=num_embeddings)
         distinct = int(np.count_nonzero(counts))
-        if 8 * distinct <= ids.size:                                 # every id 8 times or more on average
-            if distinct * ids.size * d <= _ONE_HOT_WORK:              # a small batch: the definition, O^T g
+        if distinct == n:                                            # regime 1
+            out[ids] = g
+        elif 8 * distinct <= n and 8 * distinct * d * g.itemsize <= _BLOCK_BYTES:   # regime 2: few ids
+            if distinct * n * d <= _ONE_HOT_WORK:                    # a small batch: the definition, O^T g
                 present = np.flatnonzero(counts)
                 out[present] = (ids == present[:, None]).astype(g.dtype) @ g
             else:
                 _sum_rows_by_grid(out, ids, g, counts)
-        else:
+        elif 4 * distinct <= n and distinct * 2048 <= n * d:         # regime 2b: 8 KB of rows or more per id
+            _sum_runs(out, ids, g)
+        else:                                                        # regime 3
             out[ids] = g                                             # right for every id that occurs once
-            if distinct < ids.size:
-                repeated = np.flatnonzero(counts[ids] > 1)
-                _sum_repeated_rows(out, ids[repeated], repeated, g)
+            repeated = np.flatnonzero(counts[ids] > 1)
+            _sum_repeated_rows(out, ids[repeated], repeated, g)
     if padding_idx is not None:
         out[padding_idx] = 0
     return out
