@@ -20,8 +20,32 @@ export: setup  ## nbs/ -> tinytorch/, and nbs/index.ipynb -> README.md
 	$(BIN)/nbdev-export
 	$(BIN)/python tools/readme.py
 
-release: setup  ## student notebooks (solutions and hidden tests removed) -> _release/
+release: setup  ## the student kit -> _release/: notebooks, their tinytorch package (stubs), the `tinytorch` command
 	$(BIN)/python -m coursetools release --out _release
+
+# Instructors: a term in a course directory outside the repository (COURSE=...), see README "For instructors".
+.PHONY: term collect grade formgrader grading-figures
+need-course = $(if $(COURSE),,$(error set COURSE=<course directory>, e.g. make $@ COURSE=~/tinytorch-course))
+term: setup  ## a course directory at COURSE: nbgrader config, gradebook, every module as an assignment, student kit
+	$(need-course)
+	$(BIN)/python -m coursetools init $(COURSE)
+
+collect: setup  ## submissions of assignment A (e.g. 00_tensor) from an LMS export FROM (a folder per student)
+	$(need-course)
+	$(BIN)/python -m coursetools collect $(COURSE) $(A) $(FROM)
+
+grade: setup  ## autograde assignment A on all cores, then feedback HTML and COURSE/grades.csv
+	$(need-course)
+	$(BIN)/python -m coursetools autograde $(COURSE) $(A)
+	$(BIN)/python -m coursetools feedback $(COURSE) $(A)
+	$(BIN)/python -m coursetools grades $(COURSE)
+
+formgrader: setup  ## JupyterLab in COURSE, with nbgrader's formgrader (Nbgrader menu > Formgrader)
+	$(need-course)
+	cd $(COURSE) && $(abspath $(BIN))/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
+
+grading-figures: setup  ## seconds per submission per module, and the speed-up of grading on 2 processes
+	$(BIN)/python -m coursetools grading-bench --students 4 --jobs 1 2
 
 docs: setup  ## the student docs site -> _site/ (offline; executed notebooks cached in _docs_cache/; leak-checked)
 	$(BIN)/python -m coursetools docs --out _site

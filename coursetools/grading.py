@@ -1,40 +1,24 @@
-"""nbgrader course directories: generate an assignment from an instructor notebook, autograde submissions,
-and read the grades back per graded cell."""
+"""Small helpers over a course directory for tests and scripts (the commands are in coursetools/course.py):
+make one, add an assignment, place a submission, autograde, read the grades back per graded cell."""
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-CONFIG = '''\
-# nbgrader configuration of a tinytorch course directory (written by coursetools).
-from coursetools.release import ExerciseStubs
-from nbgrader.preprocessors import (ClearHiddenTests, ClearMarkScheme, ClearOutput, CheckCellMetadata,
-                                    ComputeChecksums, IncludeHeaderFooter, InstantiateTests, LockCells, SaveCells)
-
-c = get_config()
-c.CourseDirectory.root = {root!r}
-c.CourseDirectory.course_id = 'tinytorch'
-c.CourseDirectory.db_url = 'sqlite:///' + {db!r}
-# The student stub names its exercise ("Exercise 00.3: ..."), as in `make release`.
-c.GenerateAssignment.preprocessors = [IncludeHeaderFooter, InstantiateTests, LockCells, ExerciseStubs, ClearOutput,
-                                      CheckCellMetadata, ComputeChecksums, SaveCells, ClearHiddenTests,
-                                      ClearMarkScheme, ComputeChecksums, CheckCellMetadata]
-c.Execute.timeout = {timeout}
-'''
+from . import course
 
 
 def make_course(root, timeout: int = 120) -> Path:
-    "Create an empty course directory with its nbgrader_config.py and SQLite gradebook location."
+    "An empty course directory: nbgrader_config.py from the course/ template, with `timeout` seconds per cell."
     root = Path(root).resolve()
     (root / 'source').mkdir(parents=True, exist_ok=True)
-    (root / 'nbgrader_config.py').write_text(CONFIG.format(root=str(root), db=str(root / 'gradebook.db'),
-                                                           timeout=timeout))
+    course.write_config(root, timeout)
     return root
 
 
 def nbgrader(root, *args, check=True) -> subprocess.CompletedProcess:
-    "Run an nbgrader command in course directory `root` (with this interpreter's nbgrader)."
+    "Run the `nbgrader` command itself in course directory `root` (with this interpreter's nbgrader)."
     bindir = Path(sys.executable).parent           # nbgrader runs alembic and the kernel from PATH
     env = dict(os.environ, PATH=f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}")
     r = subprocess.run([str(bindir / 'nbgrader'), *args], cwd=root, capture_output=True, text=True,
@@ -44,15 +28,9 @@ def nbgrader(root, *args, check=True) -> subprocess.CompletedProcess:
     return r
 
 
-def add_assignment(root, notebook, assignment=None) -> str:
+def add_assignment(root, notebook) -> str:
     "Copy an instructor notebook into source/ and generate the student version into release/."
-    notebook = Path(notebook)
-    assignment = assignment or notebook.stem
-    src = Path(root) / 'source' / assignment
-    src.mkdir(parents=True, exist_ok=True)
-    shutil.copy(notebook, src / notebook.name)
-    nbgrader(root, 'generate_assignment', assignment, '--create', '--force')
-    return assignment
+    return course.add_assignment(root, notebook)
 
 
 def submit(root, assignment, student, notebook_path, name=None):
@@ -62,16 +40,14 @@ def submit(root, assignment, student, notebook_path, name=None):
     shutil.copy(notebook_path, dest / (name or Path(notebook_path).name))
 
 
-def autograde(root, assignment, student=None):
-    args = ['autograde', assignment, '--create', '--force']
-    if student:
-        args += ['--student', student]
-    return nbgrader(root, *args)
+def autograde(root, assignment, student=None, jobs=None) -> dict:
+    "Autograde (coursetools.course.autograde) quietly; returns the report."
+    return course.autograde(root, assignment, students=[student] if student else None, jobs=jobs,
+                            log=lambda *_: None)
 
 
 def cell_grades(root, assignment, notebook, student) -> dict:
     "{grade_id: (score, max_score)} for every graded cell of one autograded submission."
-    from nbgrader.api import Gradebook
-    with Gradebook(f"sqlite:///{Path(root) / 'gradebook.db'}", 'tinytorch') as gb:
+    with course.gradebook(root) as gb:
         nb = gb.find_submission_notebook(notebook, assignment, student)
         return {g.name: (g.score, g.max_score) for g in nb.grades}

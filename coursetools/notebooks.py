@@ -72,3 +72,57 @@ def secret_lines(nb: dict) -> set:
             if len(s) > 12 and not s.startswith('#') and s not in public:
                 lines.add(s)
     return lines
+
+
+STUB = re.compile(r'NotImplementedError\(["\']?Exercise (\d\d)\.(\d+)')
+_DEFAULT_EXP = re.compile(r'^#\|\s*default_exp\s+(\S+)', re.MULTILINE)
+_MARKER = re.compile(r'^[ \t]*### (BEGIN|END) SOLUTION[^\n]*\n?', re.MULTILINE)
+
+
+def module_name(nb: dict):
+    "The module a notebook exports to (`#| default_exp tensor` -> 'tensor'), or None."
+    for cell in nb['cells']:
+        if cell['cell_type'] == 'code':
+            m = _DEFAULT_EXP.search(source(cell))
+            if m:
+                return m.group(1)
+    return None
+
+
+def exercise_titles(nb: dict) -> dict:
+    "{'00.1': 'implement unbroadcast', ...} in notebook order."
+    return {m.group(1): m.group(2) for c in nb['cells'] if c['cell_type'] == 'markdown'
+            for m in EXERCISE.finditer(source(c))}
+
+
+def graded_cells(nb: dict) -> list:
+    """Every graded cell, in order: {'grade_id', 'points', 'exercise'}.
+
+    A graded cell belongs to the exercise whose `### Exercise NN.M:` heading is the last one above it
+    (None before the first heading)."""
+    current, found = None, []
+    for cell in nb['cells']:
+        if cell['cell_type'] == 'markdown':
+            for m in EXERCISE.finditer(source(cell)):
+                current = m.group(1)
+        meta = nbgrader_meta(cell)
+        if meta.get('grade') and cell['cell_type'] == 'code':
+            found.append({'grade_id': meta['grade_id'], 'points': float(meta.get('points', 0)), 'exercise': current})
+    return found
+
+
+def strip_solution_markers(text: str) -> str:
+    "Code with nbgrader's `### BEGIN SOLUTION` / `### END SOLUTION` lines removed."
+    return _MARKER.sub('', text)
+
+
+def fill_solutions(student_nb, instructor_nb):
+    """A student notebook with every solution cell filled in from the instructor notebook (matched by grade_id,
+    markers removed), as a student who solved everything would hand it in. Works on nbformat nodes or dicts."""
+    solved = {nbgrader_meta(c)['grade_id']: strip_solution_markers(source(c))
+              for c in instructor_nb['cells'] if nbgrader_meta(c).get('solution')}
+    for cell in student_nb['cells']:
+        gid = nbgrader_meta(cell).get('grade_id')
+        if nbgrader_meta(cell).get('solution') and gid in solved:
+            cell['source'] = solved[gid]
+    return student_nb

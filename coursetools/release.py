@@ -1,12 +1,27 @@
-"""The student release: nbgrader's own preprocessors, with a stub per exercise that names it."""
+"""The student release: nbgrader's own preprocessors, with a stub per exercise that names it, and the student kit.
+
+The kit (`make release` -> `_release/`) is what a student gets: the student notebooks in `nbs/`, the `tinytorch`
+package exported from them (every exercise a stub that raises `NotImplementedError("Exercise NN.M: ...")`), a
+`pyproject.toml` that makes it an nbdev project and an installable package, and the `tinytorch` command
+(`tinytorch check`, `tinytorch export`, from `coursetools/student.py`).
+"""
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from nbgrader.preprocessors import (CheckCellMetadata, ClearHiddenTests, ClearMarkScheme, ClearOutput,
-                                    ClearSolutions, ComputeChecksums, LockCells)
+                                    ClearSolutions, ComputeChecksums, LockCells, NbGraderPreprocessor)
 import nbformat
 
-from .notebooks import course_notebooks, exercises, nbgrader_meta
+from .notebooks import STUB, course_notebooks, exercises, nbgrader_meta
+
+ROOT = Path(__file__).resolve().parent.parent
+KIT_MARKER = '.tinytorch-kit'
+# The files of coursetools a student needs (the `tinytorch` command): no nbgrader, no solutions.
+KIT_TOOLS = ('__init__.py', 'notebooks.py', 'student.py')
 
 
 class ExerciseStubs(ClearSolutions):
@@ -24,8 +39,28 @@ class ExerciseStubs(ClearSolutions):
         return super().preprocess_cell(cell, resources, cell_index)
 
 
-# The order of nbgrader's GenerateAssignment, less the steps that need a gradebook.
-PREPROCESSORS = [LockCells, ExerciseStubs, ClearOutput, CheckCellMetadata, ComputeChecksums,
+class LockGivenCells(NbGraderPreprocessor):
+    """Lock every given code cell (neither solution nor test): nbgrader metadata `locked: true` and a grade_id
+    `given_<cell id>`, so that `LockCells` makes it read-only, `SaveCells` records it, and at autograding
+    `OverwriteCells` restores it if a student edited it. Runs before `LockCells`."""
+
+    def preprocess(self, nb, resources):
+        taken = {nbgrader_meta(c).get('grade_id') for c in nb.cells}
+        for i, cell in enumerate(nb.cells):
+            if cell.cell_type != 'code' or not cell.source.strip() or nbgrader_meta(cell):
+                continue
+            gid = f"given_{cell.get('id') or i}"
+            while gid in taken:
+                gid += '_'
+            taken.add(gid)
+            cell.metadata['nbgrader'] = {'grade': False, 'solution': False, 'locked': True, 'grade_id': gid,
+                                         'schema_version': 3}
+        return nb, resources
+
+
+# The order of nbgrader's GenerateAssignment, less the steps that need a gradebook (the course's
+# nbgrader_config.py runs the same list with SaveCells, see coursetools/autograding.py).
+PREPROCESSORS = [LockGivenCells, LockCells, ExerciseStubs, ClearOutput, CheckCellMetadata, ComputeChecksums,
                  ClearHiddenTests, ClearMarkScheme, ComputeChecksums, CheckCellMetadata]
 
 
@@ -37,8 +72,133 @@ def student_version(nb):
     return nb
 
 
-def release(nbs='nbs', out='_release') -> list:
-    "Write the student version of every module notebook in `nbs` to `out`; return the paths written."
+def _version() -> str:
+    m = re.search(r'__version__\s*=\s*["\']([^"\']+)', (ROOT / 'tinytorch' / '__init__.py').read_text())
+    return m.group(1) if m else '0.1.0'
+
+
+def _urls() -> str:
+    "The reference package's [project.urls] (nbdev derives the docs links in the exported modules from them)."
+    import tomllib
+    urls = tomllib.loads((ROOT / 'pyproject.toml').read_text()).get('project', {}).get('urls', {})
+    return '\n[project.urls]\n' + ''.join(f'{k} = "{v}"\n' for k, v in urls.items()) if urls else ''
+
+
+KIT_PYPROJECT = '''\
+# Your tinytorch: the package you build in the tinytorch course, exported from your notebooks in nbs/.
+[build-system]
+requires = ["setuptools>=77"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "tinytorch"
+version = "{version}"
+description = "A transformer built from scratch in NumPy, one notebook at a time"
+requires-python = ">=3.11"
+dependencies = ["numpy>=2.0", "matplotlib>=3.8", "nbdev>=3.3", "jupyterlab>=4", "ipykernel", "nbclient"]
+
+[project.scripts]
+tinytorch = "coursetools.student:main"
+{urls}
+[tool.setuptools.packages.find]
+include = ["tinytorch", "coursetools"]
+
+# `tinytorch export` (nbdev-export) writes tinytorch/ from the notebooks in nbs/.
+[tool.nbdev]
+lib_path = "tinytorch"
+nbs_path = "nbs"
+doc_path = "_docs"
+# nbdev-clean keeps nbgrader's cell metadata (the ids your instructor grades by).
+allowed_cell_metadata_keys = ["nbgrader", "deletable", "editable"]
+jupyter_hooks = false
+put_version_in_init = false
+'''
+
+KIT_README = '''\
+# tinytorch: your course folder
+
+You build a transformer from scratch in NumPy, one notebook at a time. Each notebook in `nbs/` is a chapter with
+exercises; the package `tinytorch/` is exported from your notebooks, and later notebooks import it, so the
+transformer you train at the end runs on code you wrote.
+
+## Set up (once)
+
+```sh
+python3 -m venv .venv                  # Python 3.11 or newer
+.venv/bin/pip install -e .             # your tinytorch package, the `tinytorch` command, JupyterLab
+.venv/bin/jupyter lab                  # as root: add --allow-root
+```
+
+## Work
+
+1. Open `nbs/00_tensor.ipynb` and work through it from the top. Every exercise cell raises
+   `NotImplementedError("Exercise 00.1: ...")` until you replace that line with your code. The locked cell under
+   an exercise tests it; your instructor's grading adds hidden tests of the same things.
+2. Check a notebook at any time (it runs the whole notebook, your file is not changed):
+   `.venv/bin/tinytorch check 00` -> every exercise: passed, failed (with the message) or not attempted.
+3. When a notebook passes, export it into your package: `.venv/bin/tinytorch export`. The next notebooks import
+   your code from `tinytorch`: an exercise you have not solved yet shows up there as
+   `NotImplementedError("Exercise 00.3: ...")`, naming the exercise to finish (and export).
+4. Hand in the notebook files themselves (`nbs/NN_name.ipynb`), as your instructor asks. Do not rename them.
+   Locked cells are restored before grading, so editing them gains nothing.
+'''
+
+
+def _clear_kit(out: Path):
+    "Remove an earlier kit (or an old-style release folder of notebooks) before writing a new one."
+    if not out.exists():
+        return
+    entries = [p for p in out.iterdir()]
+    if (out / KIT_MARKER).exists() or all(p.suffix == '.ipynb' for p in entries):
+        shutil.rmtree(out)
+    elif entries:
+        raise FileExistsError(f'{out} exists and is not a tinytorch kit: refusing to overwrite it')
+
+
+def export_kit(kit) -> subprocess.CompletedProcess:
+    "Run nbdev's export in the kit (its notebooks -> its tinytorch/), in a fresh interpreter."
+    env = {k: v for k, v in os.environ.items() if k != 'IN_TEST'}   # IN_TEST makes nbdev_export a no-op
+    code = 'from nbdev.doclinks import nbdev_export; nbdev_export()'
+    r = subprocess.run([sys.executable, '-c', code], cwd=kit, env=env, capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise RuntimeError(f'nbdev export failed in {kit}:\n{r.stdout}\n{r.stderr}')
+    return r
+
+
+def build_kit(notebooks, out) -> Path:
+    """Write the student kit to `out` from student notebooks (already released): pyproject.toml, README.md,
+    nbs/, tinytorch/ (exported with nbdev) and the `tinytorch` command. Returns `out`."""
+    out = Path(out)
+    _clear_kit(out)
+    (out / 'nbs').mkdir(parents=True)
+    (out / KIT_MARKER).write_text('A tinytorch student kit, written by `python -m coursetools release`.\n')
+    (out / 'pyproject.toml').write_text(KIT_PYPROJECT.format(version=_version(), urls=_urls()))
+    (out / 'README.md').write_text(KIT_README)
+    (out / '.gitignore').write_text('.venv/\n__pycache__/\n*.egg-info/\n.ipynb_checkpoints/\n_docs/\n')
+    for nb in notebooks:
+        shutil.copy(nb, out / 'nbs' / Path(nb).name)
+    (out / 'tinytorch').mkdir()
+    shutil.copy(ROOT / 'tinytorch' / '__init__.py', out / 'tinytorch' / '__init__.py')
+    (out / 'coursetools').mkdir()
+    for name in KIT_TOOLS:
+        shutil.copy(ROOT / 'coursetools' / name, out / 'coursetools' / name)
+    export_kit(out)
+    return out
+
+
+def kit_stubs(kit) -> dict:
+    "{'tinytorch/tensor.py': ['00.1', ...]}: the exercises still stubbed out in a kit's package."
+    found = {}
+    for py in sorted(Path(kit, 'tinytorch').glob('*.py')):
+        ids = list(dict.fromkeys(f'{a}.{b}' for a, b in STUB.findall(py.read_text(encoding='utf-8'))))
+        if ids:
+            found[f'tinytorch/{py.name}'] = ids
+    return found
+
+
+def write_student_notebooks(nbs, out) -> list:
+    "Write the student version of every module notebook in `nbs` to the folder `out`; return the paths written."
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -50,3 +210,11 @@ def release(nbs='nbs', out='_release') -> list:
         tmp.replace(dest)
         written.append(dest)
     return written
+
+
+def release(nbs='nbs', out='_release') -> Path:
+    "Write the student kit for the notebooks in `nbs` to `out` (see the module docstring); return `out`."
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        notebooks = write_student_notebooks(nbs, tmp)
+        return build_kit(notebooks, out)

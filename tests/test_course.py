@@ -12,8 +12,8 @@ from nbclient.exceptions import CellExecutionError
 
 from conftest import ROOT
 from coursetools import grading
-from coursetools.notebooks import (SOLUTION, course_notebooks, exercises, load, nbgrader_meta, secret_lines,
-                                   source)
+from coursetools.notebooks import (SOLUTION, course_notebooks, exercises, fill_solutions, load, nbgrader_meta,
+                                   secret_lines, source)
 from coursetools.release import student_version
 
 NOTEBOOKS = course_notebooks(ROOT / 'nbs')
@@ -75,7 +75,8 @@ def test_release_leaks_nothing(path):
     text = '\n'.join(c.source for c in released.cells)
     secrets = secret_lines(nb)
     assert secrets, 'expected solution and hidden-test lines to check'
-    leaked = sorted(line for line in secrets if line in text)
+    leaked = sorted(secrets & {line.strip() for line in text.splitlines()})   # whole lines: a hint in the
+                                                                               # prose may quote part of one
     assert not leaked, f'solution or hidden-test lines in the student release: {leaked[:5]}'
     assert 'BEGIN SOLUTION' not in text and 'BEGIN HIDDEN TESTS' not in text
     stubs = re.findall(r'raise NotImplementedError\("Exercise (\d\d\.\d+): ', text)
@@ -96,22 +97,27 @@ def test_release_stops_at_first_stub(path, tmp_path):
 @pytest.mark.slow
 @params
 def test_nbgrader_round_trip(path, tmp_path):
-    """Instructor notebook: full marks and no errors. Untouched release: 0 on every graded cell, no crash."""
+    """Through the course directory's nbgrader pipeline (coursetools/autograding.py): the student version with
+    every solution filled back in gets full marks and no cell raises; the untouched student version gets 0 on
+    every graded cell, without a crash."""
     root = grading.make_course(tmp_path / 'course')
     assignment = grading.add_assignment(root, path)
     released = root / 'release' / assignment / path.name
     assert released.exists()
-    grading.submit(root, assignment, 'instructor', path)
+    solved = fill_solutions(nbformat.read(released, as_version=4), nbformat.read(path, as_version=4))
+    nbformat.write(solved, tmp_path / path.name)
+    grading.submit(root, assignment, 'solved', tmp_path / path.name)
     grading.submit(root, assignment, 'untouched', released)
-    grading.autograde(root, assignment)
+    report = grading.autograde(root, assignment, jobs=0)
 
-    full = grading.cell_grades(root, assignment, path.stem, 'instructor')
+    full = grading.cell_grades(root, assignment, path.stem, 'solved')
     assert full and all(score == top for score, top in full.values()), \
         {k: v for k, v in full.items() if v[0] != v[1]}
-    graded = json.loads((root / 'autograded' / 'instructor' / assignment / path.name).read_text())
+    graded = json.loads((root / 'autograded' / 'solved' / assignment / path.name).read_text())
     errors = [source(c)[:80] for c in graded['cells'] for o in c.get('outputs', []) if o.get('output_type') == 'error']
-    assert not errors, (f'cells that raised in the instructor notebook: {errors} (the last cell must be '
+    assert not errors, (f'cells that raised in the solved notebook: {errors} (the last cell must be '
                         '`if is_nbdev(): nbdev_export()`, see CONTRIBUTING.md)')
+    assert not report['submissions']['solved']['flags'], report['submissions']['solved']['flags']
 
     zero = grading.cell_grades(root, assignment, path.stem, 'untouched')
     assert zero.keys() == full.keys()

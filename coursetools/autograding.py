@@ -1,0 +1,536 @@
+"""nbgrader plug-ins of a tinytorch course directory (course/nbgrader_config.py lists them).
+
+Generating an assignment: `LockGivenCells` locks every given code cell, `ExerciseStubs` names the exercise in each
+stub (both from coursetools.release, shared with the student kit).
+
+Autograding a submission, in nbgrader's two passes:
+
+- sanitizing (`SANITIZE`): `Restructure` puts the submission back into the course's shape before nbgrader's
+  `OverwriteCells` restores the locked cells' text: cells in the course's order, deleted locked cells and solution
+  cells re-inserted, and every change a grader should know about recorded as a *flag* (edited or deleted locked
+  cells, reordered cells, cells that redefine or patch the test helpers);
+- executing (`AUTOGRADE`): `GradingExecute` runs the notebook in a kernel whose environment cannot see a student's
+  package (no PYTHONPATH: `tinytorch` is the reference package, so module N is graded on its own), with a per-cell
+  timeout, guard cells that restore the test helpers before each graded cell (coursetools/guard.py), and a
+  kernel that dies (`os._exit`, a crash) or hangs failing the rest of the notebook instead of the whole batch;
+  `LimitOutputSize` caps huge outputs; `RecordFlags` writes the flags into the notebook (metadata and a note
+  at the top, which the formgrader and the feedback show).
+
+Feedback (`FEEDBACK`): `HideHiddenTests` keeps the hidden tests' code and tracebacks out of the HTML a student
+gets back (they are reused every term); results and messages stay.
+"""
+import ast
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_output
+from traitlets import Integer, Unicode
+
+from nbclient import NotebookClient
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearHiddenTests, ClearMarkScheme,
+                                    ClearOutput, ComputeChecksums, DeduplicateIds, Execute, GetGrades,
+                                    IgnorePattern, IncludeHeaderFooter, InstantiateTests, LimitOutput, LockCells,
+                                    NbGraderPreprocessor, OverwriteCells, OverwriteKernelspec, SaveAutoGrades,
+                                    SaveCells)
+
+
+from .release import ExerciseStubs, LockGivenCells
+
+META = 'tinytorch'                      # notebook metadata: what the grader found
+NOT_RUN = 'NotRun'
+# Modules and objects whose attributes a student's cell has no business setting.
+PATCH_ROOTS = {'builtins', '__builtins__', 'fastcore', 'numpy', 'np', 'math', 'sys', 'importlib', 'IPython',
+               'coursetools', 'unittest', 'pytest', 'nbgrader'}
+_HIDDEN_REGION = re.compile(r'^([ \t]*)### BEGIN HIDDEN TESTS[^\n]*\n.*?^[ \t]*### END HIDDEN TESTS[^\n]*\n?',
+                            re.MULTILINE | re.DOTALL)
+
+
+def flags(nb) -> list:
+    return nb.metadata.setdefault(META, {}).setdefault('flags', [])
+
+
+def add_flag(nb, text: str):
+    found = flags(nb)
+    if text not in found:
+        found.append(text)
+
+
+def _is(cell, kind) -> bool:
+    return bool(cell.get('metadata', {}).get('nbgrader', {}).get(kind))
+
+
+def _gid(cell):
+    return cell.get('metadata', {}).get('nbgrader', {}).get('grade_id')
+
+
+def _is_given(cell) -> bool:
+    "A locked code cell of the course that is neither a solution nor a test."
+    return cell.cell_type == 'code' and _is(cell, 'locked') and not _is(cell, 'grade') and not _is(cell, 'solution')
+
+
+def describe(cells, index) -> str:
+    "A cell as an instructor can find it: its grade_id, or the student's cell after the nearest course cell."
+    cell = cells[index]
+    if _gid(cell):
+        return f'`{_gid(cell)}`'
+    first = next((l.strip() for l in cell.get('source', '').splitlines() if l.strip()), '')
+    first = first if len(first) <= 40 else first[:37] + '...'
+    before = next((_gid(c) for c in reversed(cells[:index]) if _gid(c)), None)
+    where = f'after `{before}`' if before else 'at the top'
+    return f'the cell {where} (`{first}`)'
+
+
+# ---------------------------------------------------------------------------------------------- reading code
+
+def _python(src: str):
+    "The module AST of a cell (IPython magics turned into Python first), or None if it does not parse."
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+        src = TransformerManager().transform_cell(src)
+    except Exception:
+        pass
+    try:
+        return ast.parse(src)
+    except (SyntaxError, ValueError):
+        return None
+
+
+def _target_names(node) -> set:
+    if isinstance(node, ast.Name):
+        return {node.id}
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return set().union(*(_target_names(e) for e in node.elts)) if node.elts else set()
+    if isinstance(node, ast.Starred):
+        return _target_names(node.value)
+    return set()
+
+
+def bindings(src: str, kinds=('import', 'def', 'assign')) -> set:
+    "Names a cell binds at module level: imports, def/class, assignments (also inside if/for/with/try)."
+    tree = _python(src)
+    names = set()
+    if tree is None:
+        return names
+
+    def visit(stmts):
+        for s in stmts:
+            if isinstance(s, (ast.Import, ast.ImportFrom)) and 'import' in kinds:
+                for a in s.names:
+                    if a.name != '*':
+                        names.add(a.asname or a.name.split('.')[0])
+            elif isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and 'def' in kinds:
+                names.add(s.name)
+            elif 'assign' in kinds and isinstance(s, ast.Assign):
+                for t in s.targets:
+                    names.update(_target_names(t))
+            elif 'assign' in kinds and isinstance(s, (ast.AnnAssign, ast.AugAssign)):
+                names.update(_target_names(s.target))
+            elif 'assign' in kinds and isinstance(s, (ast.For, ast.AsyncFor)):
+                names.update(_target_names(s.target))
+            elif 'assign' in kinds and isinstance(s, (ast.With, ast.AsyncWith)):
+                for item in s.items:
+                    if item.optional_vars is not None:
+                        names.update(_target_names(item.optional_vars))
+            for field in ('body', 'orelse', 'finalbody'):
+                if not isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    visit(getattr(s, field, []) or [])
+            for h in getattr(s, 'handlers', []) or []:
+                visit(h.body)
+    visit(tree.body)
+    return names
+
+
+def _root(node):
+    while isinstance(node, (ast.Attribute, ast.Subscript)):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def scan_cell(src: str, helpers: set, patchable: set) -> list:
+    """What a student's cell does to the tests' machinery: rebinding a course helper, patching a module or a
+    helper, hooking into IPython, exec/eval. Returns short descriptions (empty: nothing suspicious)."""
+    tree = _python(src)
+    if tree is None:
+        return []
+    found = []
+    rebound = bindings(src) & helpers
+    found += [f'redefines `{n}`, which the course defines' for n in sorted(rebound)]
+    roots = patchable | helpers
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for t in targets:
+            if isinstance(t, (ast.Attribute, ast.Subscript)):
+                r = _root(t)
+                if r in roots:
+                    found.append(f'patches `{r}` ({ast.unparse(t)[:60]})')
+                elif r == 'globals' or (isinstance(t, ast.Subscript) and isinstance(t.value, ast.Call)
+                                        and _root(t.value.func) in ('globals', 'vars', 'locals')):
+                    found.append('writes into globals()')
+            elif isinstance(node, ast.Delete) and isinstance(t, ast.Name) and t.id in helpers:
+                found.append(f'deletes `{t.id}`, which the course defines')
+        if isinstance(node, ast.Call):
+            fn = node.func
+            name = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(fn, ast.Attribute) else None
+            builtin = isinstance(fn, ast.Name) or _root(fn) in ('builtins', '__builtins__')
+            if name in ('setattr', 'delattr') and builtin and node.args and _root(node.args[0]) in roots:
+                found.append(f'patches `{_root(node.args[0])}` with {name}()')
+            elif name in ('exec', 'eval') and builtin:               # not model.eval()
+                found.append(f'calls {name}()')
+            elif name in ('settrace', 'setprofile') and _root(fn) == 'sys':
+                found.append(f'calls sys.{name}()')
+            elif name == 'update' and isinstance(fn, ast.Attribute) and isinstance(fn.value, ast.Call) \
+                    and _root(fn.value.func) in ('globals', 'vars'):
+                found.append('writes into globals()')
+        if isinstance(node, ast.Attribute) and node.attr in ('input_transformers_cleanup', 'input_transformers_post',
+                                                              'ast_transformers', 'events', 'register_magic_function'):
+            found.append(f'changes how IPython runs cells (.{node.attr})')
+    return list(dict.fromkeys(found))
+
+
+def protection(release_nb, source_nb) -> dict:
+    """What the guard keeps, computed from the course's notebooks (never from the submission):
+    `capture`: for each locked given cell, the names it binds that no solution or test cell binds;
+    `helpers`: those of them that are imports, functions or classes (a student's cell rebinding one is flagged);
+    `patchable`: module names the given cells import, plus PATCH_ROOTS."""
+    excluded = set()
+    for c in release_nb.cells:
+        if c.cell_type == 'code' and _is(c, 'solution'):
+            excluded |= bindings(c.source)
+    for c in source_nb.cells:
+        if c.cell_type == 'code' and (_is(c, 'grade') or _is(c, 'solution')):
+            excluded |= bindings(c.source)
+    capture, helpers, modules = {}, set(), set()
+    for c in release_nb.cells:
+        if _is_given(c):
+            names = bindings(c.source) - excluded
+            if names:
+                capture[_gid(c)] = sorted(names)
+            helpers |= bindings(c.source, kinds=('import', 'def')) - excluded
+            tree = _python(c.source)
+            for node in ast.walk(tree) if tree else []:
+                if isinstance(node, ast.Import):
+                    modules.update(a.asname or a.name.split('.')[0] for a in node.names)
+    return {'capture': capture, 'helpers': sorted(helpers), 'patchable': sorted(modules | PATCH_ROOTS)}
+
+
+# ---------------------------------------------------------------------------------------------- sanitizing
+
+def _key(cell, release_keys, by_id):
+    """The release cell a submitted cell stands for: same grade_id; or, for a cell without nbgrader metadata
+    (stripped by some tool), the same cell id."""
+    gid = _gid(cell)
+    if gid is not None:
+        return ('g', gid) if ('g', gid) in release_keys else None
+    return by_id.get(cell.get('id'))
+
+
+def _norm(text: str) -> str:
+    return '\n'.join(line.rstrip() for line in text.replace('\r\n', '\n').strip().splitlines())
+
+
+def restructure(nb, release_nb, source_nb, plan=None):
+    """Put a submitted notebook (nbformat node, changed in place) into the course's shape; record flags.
+    Returns the notebook."""
+    nb.metadata[META] = {'flags': []}
+    rkeys = {}
+    for c in release_nb.cells:
+        k = ('g', _gid(c)) if _gid(c) is not None else ('c', c.get('id')) if c.get('id') else None
+        if k is not None:
+            rkeys[k] = c
+    order = {k: i for i, k in enumerate(rkeys)}
+    by_id = {c.get('id'): k for k, c in rkeys.items() if c.get('id')}
+    matched, extras, anchor, seen_order = {}, {None: []}, None, []
+    for cell in nb.cells:
+        k = _key(cell, rkeys, by_id)
+        if k is not None and k not in matched:
+            matched[k] = cell
+            anchor = k
+            seen_order.append(order[k])
+            extras.setdefault(k, [])
+        else:
+            cell.metadata.pop('nbgrader', None)          # a copy of a course cell, or the student's own
+            cell.metadata.pop('editable', None)
+            cell.metadata.pop('deletable', None)
+            extras.setdefault(anchor, []).append(cell)
+    if not matched:
+        add_flag(nb, "none of the course's cells were found: is this the right notebook?")
+    if seen_order != sorted(seen_order):
+        add_flag(nb, "cells were moved: graded in the course's order")
+    cells = list(extras[None])
+    for k, rcell in rkeys.items():
+        cell = matched.get(k)
+        kind = k[1]
+        if cell is None:
+            if _is(rcell, 'solution'):
+                add_flag(nb, f'the solution cell `{kind}` was deleted: restored as the stub (not attempted)')
+            elif _is(rcell, 'locked') or _is(rcell, 'grade'):
+                add_flag(nb, f'the locked cell `{kind}` was deleted: restored, graded with the course\'s tests')
+            cell = copy.deepcopy(rcell)
+            if cell.cell_type == 'code':
+                cell.outputs, cell.execution_count = [], None
+        else:                                            # nbgrader's metadata as released (some tools strip it)
+            for field in ('nbgrader', 'editable', 'deletable'):
+                if field in rcell.metadata:
+                    cell.metadata[field] = copy.deepcopy(rcell.metadata[field])
+        if cell is matched.get(k) and (_is(rcell, 'locked') or _is(rcell, 'grade')) and not _is(rcell, 'solution') and \
+                (cell.cell_type != rcell.cell_type or _norm(cell.source) != _norm(rcell.source)):
+            add_flag(nb, f'the locked cell `{kind}` was edited: restored, graded with the course\'s tests')
+            cell.cell_type = rcell.cell_type
+            cell.source = rcell.source
+        cells.append(cell)
+        cells.extend(extras.get(k, []))
+    ids = set()
+    for cell in cells:
+        if cell.get('id') in ids or not cell.get('id'):
+            cell['id'] = nbformat.v4.new_code_cell().id
+        ids.add(cell['id'])
+        if cell.cell_type == 'code':
+            cell.setdefault('outputs', [])
+            cell.setdefault('execution_count', None)
+        else:
+            cell.pop('outputs', None)
+            cell.pop('execution_count', None)
+    nb.cells = cells
+    plan = plan or protection(release_nb, source_nb)
+    nb.metadata[META]['protect'] = copy.deepcopy(plan)
+    helpers, patchable = set(plan['helpers']), set(plan['patchable'])
+    for i, cell in enumerate(nb.cells):
+        student = cell.cell_type == 'code' and (not cell.metadata.get('nbgrader') or _is(cell, 'solution'))
+        if student:
+            what = f'the solution cell `{_gid(cell)}`' if _is(cell, 'solution') else describe(nb.cells, i)
+            for finding in scan_cell(cell.source, helpers, patchable):
+                add_flag(nb, f'{what} {finding}: neutralised before each test')
+    return nb
+
+
+class Restructure(NbGraderPreprocessor):
+    """Sanitizing step before nbgrader's OverwriteCells: the submission in the course's order, missing course
+    cells re-inserted, flags for everything changed (see `restructure`)."""
+    course_root = Unicode('', help='the course directory (release/ and source/ are read from it)').tag(config=True)
+
+    def preprocess(self, nb, resources):
+        info = resources['nbgrader']
+        root = Path(self.course_root or os.getcwd())
+        name = f"{info['notebook']}.ipynb"
+        release_nb, source_nb, plan = _course_notebooks(root / 'release' / info['assignment'] / name,
+                                                        root / 'source' / info['assignment'] / name)
+        return restructure(nb, release_nb, source_nb, plan), resources
+
+
+_CACHE = {}
+
+
+def _course_notebooks(release_path: Path, source_path: Path):
+    "The release and source notebooks and their protection plan, read once per process (while unchanged)."
+    key = (str(release_path), release_path.stat().st_mtime_ns, str(source_path), source_path.stat().st_mtime_ns)
+    if key not in _CACHE:
+        release_nb = nbformat.read(release_path, as_version=4)
+        source_nb = nbformat.read(source_path, as_version=4)
+        _CACHE[key] = (release_nb, source_nb, protection(release_nb, source_nb))
+    release_nb, source_nb, plan = _CACHE[key]
+    return release_nb, source_nb, plan
+
+
+# ---------------------------------------------------------------------------------------------- executing
+
+def grading_env(threads: int = 1) -> dict:
+    """The kernel's environment when grading: no PYTHONPATH or user site (so `tinytorch` is the reference package
+    and a student's own package cannot shadow it), no nbdev export from the notebook's last cell, BLAS threads
+    fixed (several kernels run at once; results do not depend on the thread count)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('PYTHONPATH', 'PYTHONHOME', 'PYTHONSTARTUP', 'PYTHONUSERBASE')}
+    env.update(IN_TEST='1', PYTHONNOUSERSITE='1', MPLBACKEND='Agg', PYTHONHASHSEED='0',
+               OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    return env
+
+
+def _guard(call: str):
+    return new_code_cell(f"__import__('coursetools.guard', fromlist=['_']).{call}",
+                         metadata={META: {'guard': True}})
+
+
+def insert_guards(nb):
+    """Guard cells (coursetools/guard.py), from the plan `Restructure` computed: `setup` first; `capture` after
+    each run of locked given cells; `restore` before a graded cell when a student's cell (a solution or their
+    own) ran since the last restore."""
+    plan = nb.metadata.get(META, {}).get('protect')
+    if not plan:
+        return nb
+    cells, pending, dirty = [_guard('setup()')], [], False
+    for cell in nb.cells:
+        if cell.cell_type != 'code' or not cell.source.strip():
+            cells.append(cell)
+            continue
+        if pending and not _is_given(cell):
+            cells.append(_guard(f'capture(globals(), {sorted(set(pending))!r})'))
+            pending = []
+        if _is(cell, 'grade') and dirty:
+            cells.append(_guard('restore(globals())'))
+            dirty = False
+        cells.append(cell)
+        if _is_given(cell):
+            pending += plan['capture'].get(_gid(cell), [])
+        elif not _is(cell, 'grade'):
+            dirty = True
+    if pending:
+        cells.append(_guard(f'capture(globals(), {sorted(set(pending))!r})'))
+    nb.cells = cells
+    return nb
+
+
+class GradingExecute(Execute):
+    """nbgrader's Execute, for grading untrusted notebooks: isolated environment (`grading_env`), guard cells,
+    and a kernel that dies or hangs ends the notebook (the cells after it fail) instead of the submission."""
+    threads = Integer(1, help='BLAS threads of each grading kernel').tag(config=True)
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault('shutdown_kernel', 'immediate')    # nothing to save in a grading kernel
+        super().__init__(*args, **kwargs)
+
+    def preprocess(self, nb, resources, km=None):
+        insert_guards(nb)
+        workdir = resources.get('metadata', {}).get('path') or '.'
+        for name in ('tinytorch', 'tinytorch.py'):        # a student's package next to the notebook would shadow
+            p = Path(workdir, name)                       # the reference package: never grade with it
+            if p.exists():
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                add_flag(nb, f'the submission folder had its own `{name}`: removed, graded on the reference package')
+        NotebookClient.__init__(self, nb, km)
+        self.reset_execution_trackers()
+        self._check_assign_resources(resources)
+        self._timed_out = []
+        ran, failure = set(), None
+        try:
+            with self.setup_kernel(env=grading_env(self.threads), stderr=subprocess.DEVNULL):
+                info = self.wait_for_reply(self.kc.kernel_info())
+                self.nb.metadata['language_info'] = info['content']['language_info']
+                for index, cell in enumerate(self.nb.cells):
+                    try:
+                        self.preprocess_cell(cell, resources, index)
+                    except (DeadKernelError, CellTimeoutError) as e:
+                        what = ('did not answer after being interrupted' if isinstance(e, CellTimeoutError)
+                                else 'died (os._exit, a crash or out of memory)')
+                        failure = (index, f'the kernel {what} in {describe(self.nb.cells, index)}')
+                        cell.outputs.append(new_output('error', ename='KernelDied', evalue=failure[1] +
+                                                       ': the cells after it were not run', traceback=[]))
+                        break
+                    ran.add(index)
+        except DeadKernelError:
+            if failure is None:
+                raise
+        for index, cell in enumerate(self.nb.cells):
+            if cell.cell_type == 'code' and index not in ran and (failure is None or index != failure[0]) \
+                    and _is(cell, 'grade'):
+                cell.outputs = [new_output('error', ename=NOT_RUN, traceback=[],
+                                           evalue=f'not run: {failure[1] if failure else "execution stopped"}')]
+        if failure:
+            add_flag(self.nb, failure[1] + ': the graded cells after it score 0')
+        for index in self._timed_out:
+            add_flag(self.nb, f'{describe(self.nb.cells, index)} ran longer than {self.timeout} s: interrupted')
+        self.set_widgets_metadata()
+        return self.nb, self.resources
+
+    async def _async_handle_timeout(self, timeout, cell=None):
+        for i, c in enumerate(self.nb.cells):
+            if c is cell:
+                self._timed_out.append(i)
+        return await super()._async_handle_timeout(timeout, cell)
+
+
+class RemoveGuards(NbGraderPreprocessor):
+    "Take the guard cells out again after execution (a guard that failed is flagged)."
+
+    def preprocess(self, nb, resources):
+        kept = []
+        for i, cell in enumerate(nb.cells):
+            if cell.metadata.get(META, {}).get('guard'):
+                errors = [o for o in cell.get('outputs', []) if o.get('output_type') == 'error']
+                if errors and errors[0].get('ename') not in (NOT_RUN, 'KernelDied'):
+                    nxt = min(i + 1, len(nb.cells) - 1)
+                    add_flag(nb, f"the grader's guard failed before {describe(nb.cells, nxt)} "
+                                 f"({errors[0].get('ename')}): something changed the kernel itself")
+                continue
+            kept.append(cell)
+        nb.cells = kept
+        return nb, resources
+
+
+class LimitOutputSize(LimitOutput):
+    """nbgrader's LimitOutput (lines), plus a cap on the size of every output: `max_chars` for text (one huge line,
+    a huge repr), `max_bytes` for anything else (images)."""
+    max_chars = Integer(100_000, help='characters kept per text output (-1: no limit)').tag(config=True)
+    max_bytes = Integer(5_000_000, help='largest image or other non-text output kept (-1: no limit)').tag(config=True)
+
+    def preprocess(self, nb, resources):
+        self._nb = nb
+        return super().preprocess(nb, resources)
+
+    def _cut(self, value: str, limit: int):
+        if limit < 0 or len(value) <= limit:
+            return value, 0
+        return value[:limit] + '\n... Output truncated ...\n', len(value)
+
+    def preprocess_cell(self, cell, resources, cell_index):
+        cut = 0
+        for out in cell.get('outputs', []) if cell.cell_type == 'code' else []:
+            if out.get('output_type') == 'stream':
+                out.text, n = self._cut(out.get('text', ''), self.max_chars)
+                cut += n
+            for mime, value in list(out.get('data', {}).items()):
+                text = mime.startswith('text/') or mime.endswith(('json', 'javascript'))
+                value = value if isinstance(value, str) else json.dumps(value)
+                limit = self.max_chars if text else self.max_bytes
+                if limit >= 0 and len(value) > limit:
+                    cut += len(value)
+                    if text:
+                        out.data[mime] = self._cut(value, limit)[0]
+                    else:
+                        del out.data[mime]
+        if cut:
+            add_flag(self._nb, f'{describe(self._nb.cells, cell_index)} printed {cut / 1e6:.1f} MB of output: truncated')
+        return super().preprocess_cell(cell, resources, cell_index)
+
+
+class RecordFlags(NbGraderPreprocessor):
+    "A note at the top of the graded notebook listing the flags (shown in the formgrader and the feedback)."
+
+    def preprocess(self, nb, resources):
+        found = flags(nb)
+        nb.cells = [c for c in nb.cells if not c.metadata.get(META, {}).get('notes')]
+        if found:
+            text = '**Grader\'s notes** (this submission was flagged):\n\n' + '\n'.join(f'- {f}' for f in found)
+            nb.cells.insert(0, new_markdown_cell(text, metadata={META: {'notes': True}}))
+        return nb, resources
+
+
+class HideHiddenTests(NbGraderPreprocessor):
+    "Feedback: hidden tests' code replaced by a comment, tracebacks of test cells reduced to their message."
+
+    def preprocess_cell(self, cell, resources, cell_index):
+        if cell.cell_type == 'code' and _is(cell, 'grade'):
+            cell.source = _HIDDEN_REGION.sub(r'\1# (hidden tests)\n', cell.source)
+            for out in cell.get('outputs', []):
+                if out.get('output_type') == 'error':
+                    out.traceback = [f"{out.get('ename', '')}: {out.get('evalue', '')}"]
+        return cell, resources
+
+
+GENERATE = [IncludeHeaderFooter, InstantiateTests, LockGivenCells, LockCells, ExerciseStubs, ClearOutput,
+            CheckCellMetadata, ComputeChecksums, SaveCells, ClearHiddenTests, ClearMarkScheme, ComputeChecksums,
+            CheckCellMetadata]
+SANITIZE = [ClearOutput, Restructure, DeduplicateIds, OverwriteKernelspec, OverwriteCells, CheckCellMetadata]
+AUTOGRADE = [GradingExecute, RemoveGuards, IgnorePattern, ClearMetadataPreprocessor, LimitOutputSize,
+             RecordFlags, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+FEEDBACK = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]

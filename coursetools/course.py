@@ -1,0 +1,556 @@
+"""Running a term: a course directory (nbgrader's layout, SQLite gradebook) and the commands around nbgrader.
+
+    python -m coursetools init DIR                        course directory: config, gradebook, assignments, kit
+    python -m coursetools collect DIR 00_tensor FOLDER    an LMS export (one folder per student) -> submitted/
+    python -m coursetools autograde DIR 00_tensor         grade every submission, in parallel on all cores
+    python -m coursetools feedback DIR 00_tensor          feedback/<student>/00_tensor/00_tensor.html
+    python -m coursetools grades DIR                      DIR/grades.csv: one column per exercise, and totals
+
+nbgrader runs in-process (its import and its gradebook creation are the slow parts of the `nbgrader` command);
+autograding uses one process per core, each grading one submission at a time, against the one gradebook (its
+sessions are serialised with a file lock). The grading plug-ins are in coursetools/autograding.py.
+"""
+import csv
+import html
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import nbformat
+
+from .notebooks import course_notebooks, graded_cells, module_name
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / 'course' / 'nbgrader_config.py'
+BIG_OUTPUTS = 5_000_000          # bytes of outputs in a submitted file worth a flag
+
+
+# ---------------------------------------------------------------------------------------------- nbgrader in-process
+
+def _fast_alembic_version():
+    "nbgrader runs `alembic heads` in a subprocess to create a gradebook (~8 s here); ask alembic directly."
+    from alembic.script import ScriptDirectory
+    import nbgrader
+    return ScriptDirectory(os.path.join(os.path.dirname(nbgrader.__file__), 'alembic')).get_current_head()
+
+
+_LOCK = {'file': None, 'depth': 0}
+
+
+def _serialise_gradebook(root: Path, wait: float = 300):
+    """Hold an exclusive file lock while a Gradebook session is open, so that parallel grader processes never
+    write to the SQLite gradebook at once. (After `wait` seconds a process goes ahead anyway and relies on
+    SQLite's own busy timeout, so a session that is never closed cannot stop the batch.)"""
+    import fcntl
+    from nbgrader import api
+    if getattr(api.Gradebook, '_tinytorch_lock', False):
+        return
+    _LOCK['file'] = open(root / '.gradebook.lock', 'a+')
+    init, close = api.Gradebook.__init__, api.Gradebook.close
+
+    def acquire():
+        if _LOCK['depth'] == 0:
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(_LOCK['file'], fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.01)
+        _LOCK['depth'] += 1
+
+    def release():
+        _LOCK['depth'] -= 1
+        if _LOCK['depth'] == 0:
+            fcntl.flock(_LOCK['file'], fcntl.LOCK_UN)
+
+    def locked_init(self, *args, **kwargs):
+        acquire()
+        self._tinytorch_locked = True
+        try:
+            init(self, *args, **kwargs)
+        except BaseException:
+            self._tinytorch_locked = False
+            release()
+            raise
+
+    def locked_close(self):
+        try:
+            close(self)
+        finally:
+            if getattr(self, '_tinytorch_locked', False):
+                self._tinytorch_locked = False
+                release()
+
+    api.Gradebook.__init__, api.Gradebook.close = locked_init, locked_close
+    api.Gradebook._tinytorch_lock = True
+
+
+def load_config(root):
+    from traitlets.config.loader import PyFileConfigLoader
+    return PyFileConfigLoader('nbgrader_config.py', path=str(root)).load_config()
+
+
+_APIS = {}
+
+
+def nbgrader_api(root):
+    "An in-process nbgrader API for the course directory `root` (one per process)."
+    root = Path(root).resolve()
+    if root not in _APIS:
+        import warnings
+        from sqlalchemy.exc import SAWarning
+        warnings.filterwarnings('ignore', category=SAWarning)      # nbgrader's own session warnings: harmless
+        import nbgrader.api
+        from nbgrader.apps import NbGraderAPI
+        from nbgrader.coursedir import CourseDirectory
+        nbgrader.api.get_alembic_version = _fast_alembic_version
+        _serialise_gradebook(root)
+        cfg = load_config(root)
+        _APIS[root] = NbGraderAPI(coursedir=CourseDirectory(config=cfg), config=cfg)
+    return _APIS[root]
+
+
+def gradebook(root):
+    from nbgrader.api import Gradebook
+    api = nbgrader_api(root)
+    return Gradebook(api.coursedir.db_url, api.coursedir.course_id)
+
+
+def _check(result: dict, what: str):
+    if not result.get('success'):
+        raise RuntimeError(f"{what} failed:\n{result.get('log', '')}\n{result.get('error', '')}")
+    return result
+
+
+def _atomic_write(path: Path, text: str):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    tmp.write_text(text, encoding='utf-8')
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------- init
+
+def assignments(root) -> list:
+    "The course's assignments (one per module notebook), in order."
+    return sorted(p.name for p in (Path(root) / 'source').iterdir() if p.is_dir()) \
+        if (Path(root) / 'source').is_dir() else []
+
+
+def source_notebook(root, assignment) -> Path:
+    found = sorted((Path(root) / 'source' / assignment).glob('*.ipynb'))
+    if len(found) != 1:
+        raise FileNotFoundError(f'expected one notebook in {Path(root) / "source" / assignment}, found {len(found)}')
+    return found[0]
+
+
+def write_config(root, timeout=None):
+    "Copy the template nbgrader_config.py into `root` (kept if it exists); `timeout` overrides the per-cell limit."
+    root = Path(root)
+    cfg = root / 'nbgrader_config.py'
+    if not cfg.exists():
+        shutil.copy(TEMPLATE, cfg)
+    if timeout is not None:
+        text = cfg.read_text()
+        text = re.sub(r'^c\.Execute\.timeout = .*$', f'c.Execute.timeout = {int(timeout)}', text, flags=re.MULTILINE)
+        cfg.write_text(text)
+    return cfg
+
+
+def add_assignment(root, notebook) -> str:
+    "Copy an instructor notebook into source/<stem>/ and generate its student version (release/) and gradebook entry."
+    notebook = Path(notebook)
+    assignment = notebook.stem
+    src = Path(root) / 'source' / assignment
+    src.mkdir(parents=True, exist_ok=True)
+    shutil.copy(notebook, src / notebook.name)
+    _check(nbgrader_api(root).generate_assignment(assignment, force=True, create=True),
+           f'generate_assignment {assignment}')
+    return assignment
+
+
+def init(root, nbs=ROOT / 'nbs', timeout=None, kit=True) -> dict:
+    """A course directory at `root`: nbgrader_config.py (from course/), the SQLite gradebook, one assignment per
+    module notebook of `nbs` (source/ and release/), and the student kit (kit/ and tinytorch-kit.zip)."""
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    write_config(root, timeout)
+    done = [add_assignment(root, nb) for nb in course_notebooks(Path(nbs))]
+    out = {'root': str(root), 'assignments': done}
+    if kit:
+        from .release import build_kit
+        released = [root / 'release' / a / source_notebook(root, a).name for a in done]
+        build_kit(released, root / 'kit')
+        archive = shutil.make_archive(str(root / 'tinytorch-kit'), 'zip', root, 'kit')
+        out.update(kit=str(root / 'kit'), zip=archive)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- collect
+
+def student_id(folder_name: str, id_regex=None) -> str:
+    "A student id nbgrader can use in paths and patterns, from an LMS folder name."
+    name = folder_name
+    if id_regex:
+        m = re.search(id_regex, folder_name)
+        if m:
+            name = m.group(1) if m.groups() else m.group(0)
+    sid = re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('_.-')
+    return sid or 'student'
+
+
+def _candidates(folder: Path):
+    "(name, bytes, mtime) of every .ipynb in a student's folder, also inside zip files."
+    for p in sorted(folder.rglob('*')):
+        parts = set(p.relative_to(folder).parts)
+        if parts & {'.ipynb_checkpoints', '__MACOSX'} or p.name.startswith('.') or not p.is_file():
+            continue
+        if p.suffix == '.ipynb':
+            yield str(p.relative_to(folder)), p.read_bytes(), p.stat().st_mtime
+        elif p.suffix == '.zip':
+            try:
+                with zipfile.ZipFile(p) as z:
+                    for info in z.infolist():
+                        inner = Path(info.filename)
+                        if inner.suffix == '.ipynb' and not {'.ipynb_checkpoints', '__MACOSX'} & set(inner.parts):
+                            yield f'{p.name}/{info.filename}', z.read(info), time.mktime(info.date_time + (0, 0, -1))
+            except zipfile.BadZipFile:
+                continue
+
+
+def inspect_file(data: bytes, module: str):
+    "(notebook or None, problem or None, output bytes) for a submitted file."
+    if not data.strip():
+        return None, 'the file is empty', 0
+    try:
+        raw = json.loads(data.decode('utf-8'))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f'the file is not valid JSON ({str(e)[:80]})', 0
+    try:
+        nb = nbformat.reads(json.dumps(raw), as_version=4)
+        nbformat.validate(nb)
+    except Exception as e:
+        return None, f'the file is not a Jupyter notebook ({str(e).splitlines()[0][:80]})', 0
+    outputs = sum(len(json.dumps(c.get('outputs', []))) for c in nb.cells if c.cell_type == 'code')
+    other = module_name(nb)
+    if other != module:
+        return None, f'this is the notebook of another module ({other or "unknown"}), not {module}', outputs
+    return nb, None, outputs
+
+
+def collect(root, assignment, folder, id_regex=None) -> dict:
+    """Copy an LMS export (one folder per student) into submitted/<student>/<assignment>/: for each student the
+    notebook of this module (outputs removed), chosen by content. Files that cannot be graded (empty, not JSON,
+    another module's notebook, none at all) are recorded with the reason, and scored 0 by `autograde`.
+    Returns {student: {'file', 'gradable', 'flags'}}; also kept in reports/<assignment>.collect.json."""
+    root, folder = Path(root).resolve(), Path(folder)
+    src = source_notebook(root, assignment)
+    module = module_name(nbformat.read(src, as_version=4))
+    record_path = root / 'reports' / f'{assignment}.collect.json'
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    taken = {}
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(('.', '__'))):
+        sid = student_id(sub.name, id_regex)
+        flags = []
+        if sid in taken:
+            n = 2
+            while f'{sid}_{n}' in taken:
+                n += 1
+            flags.append(f'the folder {sub.name!r} gives the same id as {taken[sid]!r}: graded as {sid}_{n}')
+            sid = f'{sid}_{n}'
+        taken[sid] = sub.name
+        good, bad = [], []
+        for name, data, mtime in _candidates(sub):
+            nb, problem, outputs = inspect_file(data, module)
+            (good if nb is not None else bad).append((name, nb, problem, outputs, mtime))
+        chosen = None
+        if good:
+            good.sort(key=lambda g: (Path(g[0]).name != src.name, -g[4]))
+            chosen = good[0]
+            if len(good) > 1:
+                flags.append(f'several notebooks of {module}: graded {chosen[0]} (others: '
+                             f'{", ".join(g[0] for g in good[1:])})')
+            if chosen[3] > BIG_OUTPUTS:
+                flags.append(f'the notebook held {chosen[3] / 1e6:.0f} MB of outputs: removed before grading')
+        elif bad:
+            bad.sort(key=lambda b: Path(b[0]).name != src.name)
+            flags.append(f'{bad[0][0]}: {bad[0][2]}: scored 0')
+        else:
+            flags.append('no notebook in the submission: scored 0')
+        dest = root / 'submitted' / sid / assignment
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        if chosen:
+            nb = chosen[1]
+            for c in nb.cells:
+                if c.cell_type == 'code':
+                    c.outputs, c.execution_count = [], None
+            nbformat.write(nb, dest / src.name)
+        record[sid] = {'folder': sub.name, 'file': chosen[0] if chosen else None, 'gradable': bool(chosen),
+                       'flags': flags}
+    _atomic_write(record_path, json.dumps(record, indent=1, sort_keys=True))
+    return {sid: record[sid] for sid in taken}
+
+
+# ---------------------------------------------------------------------------------------------- autograde
+
+def reference_package(threads: int = 1) -> str:
+    """The `tinytorch` a grading kernel imports (coursetools.autograding.grading_env): it must be the reference
+    package, never a student kit. Returns its folder; raises if it is a kit or missing."""
+    from .autograding import grading_env
+    code = ('import pathlib, re, tinytorch; p = pathlib.Path(tinytorch.__file__).parent; print(p); '
+            "print(' '.join(f.name for f in sorted(p.glob('*.py')) "
+            "if re.search(r'NotImplementedError\\(.Exercise \\d', f.read_text())))")
+    with tempfile.TemporaryDirectory() as tmp:
+        r = subprocess.run([sys.executable, '-c', code], cwd=tmp, env=grading_env(threads), capture_output=True,
+                           text=True, stdin=subprocess.DEVNULL)
+    if r.returncode != 0:
+        raise RuntimeError(f'the grading environment cannot import tinytorch:\n{r.stderr[-2000:]}')
+    path, stubs = (r.stdout.splitlines() + ['', ''])[:2]
+    if stubs.strip():
+        raise RuntimeError(f'the grading environment imports a student kit ({path}: stubs in {stubs}); grade '
+                           "with the reference package (the course repository's .venv)")
+    return path
+
+
+_WORKER = {}
+
+
+def _worker_init(root):
+    _WORKER['api'] = nbgrader_api(root)
+
+
+def _grade_one(assignment, student):
+    start = time.perf_counter()
+    r = _WORKER['api'].autograde(assignment, student, force=True, create=True)
+    return {'student': student, 'seconds': round(time.perf_counter() - start, 2), 'success': bool(r['success']),
+            'error': r.get('error') or '', 'log': r.get('log') or ''}
+
+
+def _submitted(root, assignment) -> dict:
+    "{student: gradable} from the collect record and the folders in submitted/."
+    root = Path(root)
+    record_path = root / 'reports' / f'{assignment}.collect.json'
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    found = {}
+    for d in sorted((root / 'submitted').glob(f'*/{assignment}')):
+        found[d.parent.name] = any(d.glob('*.ipynb'))
+    for sid, r in record.items():
+        found.setdefault(sid, False)
+    return found
+
+
+def _zero(gb, assignment, student):
+    "A submission scored 0 on every graded cell (nothing to grade), as nbgrader scores a missing notebook."
+    gb.update_or_create_student(student)
+    sub = gb.update_or_create_submission(assignment, student)
+    for nb in sub.notebooks:
+        for g in nb.grades:
+            g.auto_score, g.needs_manual_grade = 0, False
+    gb.db.commit()
+    return sub
+
+
+def autograde(root, assignment, students=None, jobs=None, log=print) -> dict:
+    """Autograde every submission of `assignment` (or only `students`) with `jobs` processes (default: all cores).
+    Every submission ends up in the gradebook with a score on every graded cell: graded, or 0 with the reason.
+    Returns the report (also written to reports/<assignment>.json): per student score, seconds and flags."""
+    root = Path(root).resolve()
+    jobs = (os.cpu_count() or 1) if jobs is None else jobs      # 0: in this process, one at a time
+    src = source_notebook(root, assignment)
+    todo = _submitted(root, assignment)
+    if students is not None:
+        todo = {s: g for s, g in todo.items() if s in set(students)}
+    record_path = root / 'reports' / f'{assignment}.collect.json'
+    collected = json.loads(record_path.read_text()) if record_path.exists() else {}
+    ref = reference_package()
+    log(f'autograding {len(todo)} submissions of {assignment} with {max(jobs, 1)} processes; tinytorch = {ref}')
+    results = {}
+    start = time.perf_counter()
+    gradable = [s for s, ok in todo.items() if ok]
+    if gradable and jobs == 0:
+        _worker_init(root)
+        for s in gradable:
+            results[s] = _grade_one(assignment, s)
+    elif gradable:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        with ProcessPoolExecutor(max_workers=min(jobs, len(gradable)), initializer=_worker_init,
+                                 initargs=(str(root),), mp_context=multiprocessing.get_context('spawn')) as pool:
+            futures = [pool.submit(_grade_one, assignment, s) for s in gradable]
+            for f in as_completed(futures):
+                r = f.result()
+                results[r['student']] = r
+                log(f"  {r['student']}: {r['seconds']:.1f} s" + ('' if r['success'] else ' (nbgrader failed)'))
+    wall = time.perf_counter() - start
+    logdir = root / 'reports' / 'logs' / assignment
+    logdir.mkdir(parents=True, exist_ok=True)
+    report_path = root / 'reports' / f'{assignment}.json'
+    report = json.loads(report_path.read_text()) if report_path.exists() else {'submissions': {}}
+    nb_name = src.stem
+    with gradebook(root) as gb:
+        for sid in todo:
+            r = results.get(sid)
+            flags = list(collected.get(sid, {}).get('flags', []))
+            if r is None:
+                if not flags:
+                    flags.append('no notebook in the submission: scored 0')
+                sub = _zero(gb, assignment, sid)
+            else:
+                (logdir / f'{sid}.log').write_text(r['log'] + r['error'])
+                graded = root / 'autograded' / sid / assignment / src.name
+                if r['success'] and graded.exists():
+                    meta = nbformat.read(graded, as_version=4).metadata.get('tinytorch', {})
+                    flags += meta.get('flags', [])
+                else:
+                    last = (r['error'] or r['log']).strip().splitlines()[-1:] or ['']
+                    flags.append(f'grading failed ({last[0][:120]}): scored 0, see reports/logs/{assignment}/{sid}.log')
+                sub = gb.update_or_create_submission(assignment, sid)
+                for nb in sub.notebooks:                     # a failed run leaves no score: make it 0
+                    for g in nb.grades:
+                        if g.auto_score is None and g.manual_score is None:
+                            g.auto_score, g.needs_manual_grade = 0, False
+            for nb in sub.notebooks:
+                nb.flagged = bool(flags)
+            gb.db.commit()
+            scores = {g.name: float(g.score) for nb in sub.notebooks for g in nb.grades}
+            report['submissions'][sid] = {
+                'score': sum(scores.values()), 'max_score': float(sub.max_score), 'cells': scores,
+                'seconds': r['seconds'] if r else 0.0, 'graded': bool(r and r['success']), 'flags': flags}
+    report.update(assignment=assignment, notebook=nb_name, jobs=jobs, wall_seconds=round(wall, 2),
+                  graded=len(results), seconds_per_submission=round(
+                      sum(r['seconds'] for r in results.values()) / len(results), 2) if results else 0.0)
+    _atomic_write(report_path, json.dumps(report, indent=1, sort_keys=True))
+    for sid in todo:
+        s = report['submissions'][sid]
+        note = f"  flagged: {'; '.join(s['flags'])}" if s['flags'] else ''
+        log(f"{sid:>24}  {s['score']:g}/{s['max_score']:g}  {s['seconds']:.1f} s{note}")
+    log(f'{len(results)} graded in {wall:.1f} s with {jobs} processes '
+        f"({report['seconds_per_submission']:.1f} s per submission, {len(todo) - len(results)} not gradable)")
+    return report
+
+
+# ---------------------------------------------------------------------------------------------- feedback
+
+FEEDBACK_PAGE = '''<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{assignment}: feedback</title></head>
+<body><h1>{assignment}</h1><p>Your submission could not be graded, so it scored 0 of {max_score:g} points:</p>
+<ul>{reasons}</ul><p>Ask your instructor if this is a mistake.</p></body></html>
+'''
+
+
+def feedback(root, assignment, log=print) -> dict:
+    "HTML feedback for every student: feedback/<student>/<assignment>/<notebook>.html (hidden tests kept hidden)."
+    root = Path(root).resolve()
+    _check(nbgrader_api(root).generate_feedback(assignment, force=True), f'generate_feedback {assignment}')
+    src = source_notebook(root, assignment)
+    report_path = root / 'reports' / f'{assignment}.json'
+    report = json.loads(report_path.read_text()) if report_path.exists() else {'submissions': {}}
+    pages = {}
+    for sid, s in report['submissions'].items():
+        page = root / 'feedback' / sid / assignment / f'{src.stem}.html'
+        if not s['graded']:
+            reasons = ''.join(f'<li>{html.escape(f)}</li>' for f in s['flags'])
+            _atomic_write(page, FEEDBACK_PAGE.format(assignment=html.escape(assignment), max_score=s['max_score'],
+                                                     reasons=reasons))
+        if page.exists():
+            pages[sid] = str(page)
+    log(f'feedback for {len(pages)} students in {root / "feedback"}')
+    return pages
+
+
+# ---------------------------------------------------------------------------------------------- grades
+
+def grades(root, out=None, log=print) -> Path:
+    """Write the grades CSV: one row per student, one column per exercise (the points of the graded cells under
+    its heading), a total per module, the total, and the flags. Written atomically."""
+    root = Path(root).resolve()
+    out = Path(out) if out else root / 'grades.csv'
+    columns, modules = [], []
+    with gradebook(root) as gb:
+        known = {a.name for a in gb.assignments}
+        students = sorted(s.id for s in gb.students)
+        rows = {s: {'student': s} for s in students}
+        flags = {s: [] for s in students}
+        for a in assignments(root):
+            if a not in known:
+                continue
+            src = nbformat.read(source_notebook(root, a), as_version=4)
+            cells = graded_cells(src)
+            key = {c['grade_id']: c['exercise'] or f'{a[:2]}.0' for c in cells}
+            cols = list(dict.fromkeys(key.values()))
+            columns += cols + [a]
+            modules.append(a)
+            report_path = root / 'reports' / f'{a}.json'
+            report = json.loads(report_path.read_text()) if report_path.exists() else {'submissions': {}}
+            for s in students:
+                row = rows[s]
+                for c in cols:
+                    row[c] = 0.0
+                try:
+                    sub = gb.find_submission(a, s)
+                except Exception:
+                    row[a] = 0.0
+                    continue
+                for nb in sub.notebooks:
+                    for g in nb.grades:
+                        row[key.get(g.name, f'{a[:2]}.0')] = row.get(key.get(g.name, f'{a[:2]}.0'), 0.0) + float(g.score)
+                row[a] = sum(row[c] for c in cols)
+                flags[s] += [f'{a}: {f}' for f in report['submissions'].get(s, {}).get('flags', [])]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=['student'] + columns + ['total', 'flags'], lineterminator='\n')
+    w.writeheader()
+    for s in students:
+        row = rows[s]
+        row['total'] = sum(row.get(a, 0.0) for a in modules)
+        row['flags'] = ' | '.join(flags[s])
+        w.writerow({k: (f'{v:g}' if isinstance(v, float) else v) for k, v in row.items()})
+    _atomic_write(out, buf.getvalue())
+    log(f'wrote {out}: {len(students)} students, {len(columns)} columns')
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', log=print) -> dict:
+    """Grading figures: for each module, `students` copies of a solved submission autograded with each of `jobs`
+    processes. Returns {module: {jobs: {'wall', 'per_submission'}}}."""
+    from .notebooks import fill_solutions
+    figures = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / 'course'
+        notebooks = [p for p in course_notebooks(Path(nbs)) if not modules or p.stem[:2] in modules or p.stem in modules]
+        init(root, nbs=nbs, kit=False)
+        for path in notebooks:
+            a = path.stem
+            solved = fill_solutions(nbformat.read(root / 'release' / a / path.name, as_version=4),
+                                    nbformat.read(path, as_version=4))
+            for i in range(students):
+                dest = root / 'submitted' / f's{i:02d}' / a
+                dest.mkdir(parents=True, exist_ok=True)
+                nbformat.write(solved, dest / path.name)
+            figures[a] = {}
+            for j in jobs:
+                r = autograde(root, a, jobs=j, log=lambda *_: None)
+                full = all(s['score'] == s['max_score'] for s in r['submissions'].values())
+                figures[a][j] = {'wall': r['wall_seconds'], 'per_submission': r['seconds_per_submission'],
+                                 'full_marks': full}
+                log(f"{a}: {students} submissions, {j} process(es): {r['wall_seconds']:.1f} s wall, "
+                    f"{r['seconds_per_submission']:.1f} s per submission" + ('' if full else ' (NOT full marks!)'))
+            if len(jobs) > 1:
+                base = figures[a][jobs[0]]['wall']
+                for j in jobs[1:]:
+                    log(f'{a}: speed-up with {j} processes: {base / figures[a][j]["wall"]:.2f}x')
+    return figures
