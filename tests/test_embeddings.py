@@ -223,7 +223,7 @@ def test_normal_init_and_reset():
     emb.weight.data[3] = 7.0
     emb.reset_parameters()
     assert not emb.weight.data[3].any()
-    w = Tensor(np.empty((10, 4)))
+    w = Tensor(np.zeros((10, 4)))
     assert init_embedding_(w, 'uniform') is w
 
 
