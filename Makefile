@@ -32,7 +32,7 @@ term: setup  ## a course directory at COURSE: nbgrader config, gradebook, every 
 
 collect: setup  ## submissions of assignment A (e.g. 00_tensor) from an LMS export FROM (a folder per student)
 	$(need-course)
-	$(BIN)/python -m coursetools collect $(COURSE) $(A) $(FROM)
+	$(BIN)/python -m coursetools collect $(COURSE) $(A) $(FROM) $(if $(ID_REGEX),--id-regex '$(ID_REGEX)')
 
 grade: setup  ## autograde assignment A on all cores, then feedback HTML and COURSE/grades.csv
 	$(need-course)

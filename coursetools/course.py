@@ -200,8 +200,9 @@ def init(root, nbs=ROOT / 'nbs', timeout=None, kit=True) -> dict:
 # ---------------------------------------------------------------------------------------------- collect
 
 def student_id(folder_name: str, id_regex=None) -> str:
-    "A student id nbgrader can use in paths and patterns, from an LMS folder name."
-    name = folder_name
+    """A student id nbgrader can use in paths and patterns, from an LMS folder name: the first group of `id_regex`
+    (or its match), else the folder name less Moodle's `_assignsubmission_file_`; letters, digits, `_.-` only."""
+    name = re.sub(r'_assignsubmission_\w*$', '', folder_name)      # Moodle's folder suffix
     if id_regex:
         m = re.search(id_regex, folder_name)
         if m:
@@ -340,16 +341,9 @@ def _grade_one(assignment, student):
 
 
 def _submitted(root, assignment) -> dict:
-    "{student: gradable} from the collect record and the folders in submitted/."
-    root = Path(root)
-    record_path = root / 'reports' / f'{assignment}.collect.json'
-    record = json.loads(record_path.read_text()) if record_path.exists() else {}
-    found = {}
-    for d in sorted((root / 'submitted').glob(f'*/{assignment}')):
-        found[d.parent.name] = any(d.glob('*.ipynb'))
-    for sid, r in record.items():
-        found.setdefault(sid, False)
-    return found
+    "{student: gradable} for the folders in submitted/<student>/<assignment>/ (collect makes one per student)."
+    return {d.parent.name: any(d.glob('*.ipynb'))
+            for d in sorted(Path(root, 'submitted').glob(f'*/{assignment}')) if d.is_dir()}
 
 
 def _zero(gb, assignment, student):
