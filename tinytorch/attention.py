@@ -88,17 +88,20 @@ def _as4d(x: np.ndarray) -> np.ndarray:
     return x.reshape((1,) * (4 - x.ndim) + x.shape) if x.ndim == 2 else (x[:, None] if x.ndim == 3 else x)
 
 
-def _scratch(buffer, shape: tuple, dtype):
-    "A (reused) flat buffer viewed as an array of `shape`: blocks do not allocate."
-    n = math.prod(shape)
-    if buffer[0] is None or buffer[0].size < n:
-        buffer[0] = np.empty(n, dtype=dtype)
-    return buffer[0][:n].reshape(shape)
+_SCRATCH = {}   # (name, dtype) -> a flat buffer, reused by every call: blocks never allocate
+
+
+def _scratch(name: str, shape: tuple, dtype):
+    "The scratch buffer `name`, viewed as an array of `shape` (grown when too small; never saved for backward)."
+    n, key = math.prod(shape), (name, np.dtype(dtype))
+    if key not in _SCRATCH or _SCRATCH[key].size < n:
+        _SCRATCH[key] = np.empty(n, dtype=dtype)
+    return _SCRATCH[key][:n].reshape(shape)
 
 # %% ../nbs/06_attention.ipynb #a6f0c027
 def _forward_block(s, q_b, k_b, v_b, o, bias_b=None, normalise=True, mask=None, dropout_p=0.0, drop=None):
     "One block of attention: s <- exp scores (the weights if `normalise`), o <- weights (after dropout) @ v_b."
-    np.matmul(q_b, k_b.swapaxes(-1, -2), out=s)              # (G, h, R, keys), scaled
+    np.matmul(q_b, k_b.swapaxes(-1, -2), out=s)              # (G, h, R, keys) scores
     inv = _softmax_rows_(s, bias_b)                           # (G, h, R, 1)
     if normalise:
         s *= inv                                              # the attention weights, kept for backward
@@ -134,21 +137,20 @@ class ScaledDotProductAttention(Function):
     def forward(ctx, q, k, v, bias=None, causal=False, scale=1.0, dropout_p=0.0, rng=None, weights=None):
         q4, k4, v4 = _as4d(q), _as4d(k), _as4d(v)                  # (B, H, L, E), (B, H, S, E), (B, H, S, Ev)
         (B, H, L, _), S = q4.shape, k4.shape[-2]
-        qs = q4 * q4.dtype.type(scale)                              # scale q (L x E), not the scores (L x S)
         out4 = np.empty((B, H, L, v4.shape[-1]), dtype=q4.dtype)
         w4 = None if weights is None else weights.reshape(B, H, L, S)   # the caller's buffer, filled in place
         keep = np.empty((B, H, L, S), dtype=bool) if dropout_p and w4 is not None else None
-        buf, drop = [None], [None]
         for bs, hs, rs, keys in _blocks(B, H, L, S, causal, q4.dtype.itemsize):
-            q_b = qs[bs, hs, rs]
+            q_b = q4[bs, hs, rs]
+            q_b = np.multiply(q_b, q4.dtype.type(scale), out=_scratch('q', q_b.shape, q4.dtype))  # scale q, not scores
             shape = q_b.shape[:-1] + (keys,)
-            s = w4[bs, hs, rs, :keys] if w4 is not None else _scratch(buf, shape, q4.dtype)
+            s = w4[bs, hs, rs, :keys] if w4 is not None else _scratch('scores', shape, q4.dtype)
             mask = rng.random(shape, dtype=np.float32) >= dropout_p if dropout_p else None
             if keep is not None:
                 keep[bs, hs, rs, :keys] = mask
             _forward_block(s, q_b, k4[bs, hs, :keys], v4[bs, hs, :keys], out4[bs, hs, rs], _part(bias, bs, hs, rs, keys),
                            normalise=w4 is not None, mask=mask, dropout_p=dropout_p,
-                           drop=None if mask is None else _scratch(drop, shape, q4.dtype))
+                           drop=None if mask is None else _scratch('dropout', shape, q4.dtype))
         ctx.save_for_backward(q4, k4, v4, out4, w4, keep)
         ctx.scale, ctx.causal, ctx.dropout_p, ctx.shapes = scale, causal, dropout_p, (q.shape, k.shape, v.shape)
         return out4.reshape(q.shape[:-1] + v.shape[-1:])
@@ -161,14 +163,13 @@ class ScaledDotProductAttention(Function):
         delta = np.einsum('bhld,bhld->bhl', do4, out4)[..., None]   # (B, H, L, 1): rowsum(P * dP) = rowsum(dO * O)
         dq4, dk4, dv4 = np.empty_like(q4), np.zeros_like(k4), np.zeros_like(v4)
         rescale = 1.0 / (1.0 - ctx.dropout_p)
-        buf, drop = [None], [None]
         for bs, hs, rs, keys in _blocks(B, H, L, S, ctx.causal, q4.dtype.itemsize):
             p = w4[bs, hs, rs, :keys]                                 # (G, h, R, keys)
             mask = None if keep is None else keep[bs, hs, rs, :keys]
             dk, dv = _backward_block(p, do4[bs, hs, rs], q4[bs, hs, rs], k4[bs, hs, :keys], v4[bs, hs, :keys],
-                                     delta[bs, hs, rs], _scratch(buf, p.shape, q4.dtype), dq4[bs, hs, rs],
+                                     delta[bs, hs, rs], _scratch('scores', p.shape, q4.dtype), dq4[bs, hs, rs],
                                      mask=mask, rescale=rescale,
-                                     drop=None if mask is None else _scratch(drop, p.shape, q4.dtype))
+                                     drop=None if mask is None else _scratch('dropout', p.shape, q4.dtype))
             dk4[bs, hs, :keys] += dk
             dv4[bs, hs, :keys] += dv
         dq4 *= ctx.scale
