@@ -334,10 +334,10 @@ def _worker_init(root):
 
 
 def _grade_one(assignment, student):
-    start = time.perf_counter()
+    start, t0 = time.time(), time.perf_counter()
     r = _WORKER['api'].autograde(assignment, student, force=True, create=True)
-    return {'student': student, 'seconds': round(time.perf_counter() - start, 2), 'success': bool(r['success']),
-            'error': r.get('error') or '', 'log': r.get('log') or ''}
+    return {'student': student, 'seconds': round(time.perf_counter() - t0, 2), 'success': bool(r['success']),
+            'start': start, 'end': time.time(), 'error': r.get('error') or '', 'log': r.get('log') or ''}
 
 
 def _submitted(root, assignment) -> dict:
@@ -423,7 +423,9 @@ def autograde(root, assignment, students=None, jobs=None, log=print) -> dict:
             report['submissions'][sid] = {
                 'score': sum(scores.values()), 'max_score': float(sub.max_score), 'cells': scores,
                 'seconds': r['seconds'] if r else 0.0, 'graded': bool(r and r['success']), 'flags': flags}
+    grading = (max(r['end'] for r in results.values()) - min(r['start'] for r in results.values())) if results else 0.0
     report.update(assignment=assignment, notebook=nb_name, jobs=jobs, wall_seconds=round(wall, 2),
+                  grading_seconds=round(grading, 2),
                   graded=len(results), seconds_per_submission=round(
                       sum(r['seconds'] for r in results.values()) / len(results), 2) if results else 0.0)
     _atomic_write(report_path, json.dumps(report, indent=1, sort_keys=True))
@@ -431,8 +433,9 @@ def autograde(root, assignment, students=None, jobs=None, log=print) -> dict:
         s = report['submissions'][sid]
         note = f"  flagged: {'; '.join(s['flags'])}" if s['flags'] else ''
         log(f"{sid:>24}  {s['score']:g}/{s['max_score']:g}  {s['seconds']:.1f} s{note}")
-    log(f'{len(results)} graded in {wall:.1f} s with {jobs} processes '
-        f"({report['seconds_per_submission']:.1f} s per submission, {len(todo) - len(results)} not gradable)")
+    log(f'{len(results)} graded in {wall:.1f} s with {max(jobs, 1)} processes ({grading:.1f} s from the first '
+        f"submission's start to the last one's end; {report['seconds_per_submission']:.1f} s per submission; "
+        f'{len(todo) - len(results)} not gradable)')
     return report
 
 
@@ -539,12 +542,14 @@ def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', log=print) ->
             for j in jobs:
                 r = autograde(root, a, jobs=j, log=lambda *_: None)
                 full = all(s['score'] == s['max_score'] for s in r['submissions'].values())
-                figures[a][j] = {'wall': r['wall_seconds'], 'per_submission': r['seconds_per_submission'],
-                                 'full_marks': full}
-                log(f"{a}: {students} submissions, {j} process(es): {r['wall_seconds']:.1f} s wall, "
-                    f"{r['seconds_per_submission']:.1f} s per submission" + ('' if full else ' (NOT full marks!)'))
+                figures[a][j] = {'wall': r['wall_seconds'], 'grading': r['grading_seconds'],
+                                 'per_submission': r['seconds_per_submission'], 'full_marks': full}
+                log(f"{a}: {students} submissions, {j} process(es): {r['wall_seconds']:.1f} s wall "
+                    f"({r['grading_seconds']:.1f} s grading), {r['seconds_per_submission']:.1f} s per submission"
+                    + ('' if full else ' (NOT full marks!)'))
             if len(jobs) > 1:
-                base = figures[a][jobs[0]]['wall']
+                base = figures[a][jobs[0]]
                 for j in jobs[1:]:
-                    log(f'{a}: speed-up with {j} processes: {base / figures[a][j]["wall"]:.2f}x')
+                    log(f"{a}: speed-up with {j} processes: {base['wall'] / figures[a][j]['wall']:.2f}x wall, "
+                        f"{base['grading'] / figures[a][j]['grading']:.2f}x grading")
     return figures
