@@ -26,6 +26,7 @@ c.Restructure.course_root = here
 c.GenerateFeedback.preprocessors = autograding.FEEDBACK
 
 c.Execute.timeout = 120               # seconds per cell: an endless loop is interrupted after this, the cell fails
+c.GradingExecute.notebook_timeout = 900   # seconds per notebook: then the rest is not run (its tests score 0)
 c.GradingExecute.threads = 1          # BLAS threads per grading kernel (grading runs one kernel per core)
 c.LimitOutput.max_lines = 1000        # lines of output kept per cell
 c.LimitOutputSize.max_chars = 100000  # characters kept per output

@@ -26,6 +26,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import nbformat
@@ -394,6 +395,8 @@ class GradingExecute(Execute):
     """nbgrader's Execute, for grading untrusted notebooks: isolated environment (`grading_env`), guard cells,
     and a kernel that dies or hangs ends the notebook (the cells after it fail) instead of the submission."""
     threads = Integer(1, help='BLAS threads of each grading kernel').tag(config=True)
+    notebook_timeout = Integer(900, help='seconds for the whole notebook: then the rest is not run (-1: no limit)'
+                               ).tag(config=True)
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault('shutdown_kernel', 'immediate')    # nothing to save in a grading kernel
@@ -416,7 +419,12 @@ class GradingExecute(Execute):
             with self.setup_kernel(env=grading_env(self.threads), stderr=subprocess.DEVNULL):
                 info = self.wait_for_reply(self.kc.kernel_info())
                 self.nb.metadata['language_info'] = info['content']['language_info']
+                start = time.monotonic()
                 for index, cell in enumerate(self.nb.cells):
+                    if 0 <= self.notebook_timeout < time.monotonic() - start and cell.cell_type == 'code':
+                        failure = (None, f'the notebook ran longer than {self.notebook_timeout} s in all: '
+                                         f'stopped before {describe(self.nb.cells, index)}')
+                        break
                     try:
                         self.preprocess_cell(cell, resources, index)
                     except (DeadKernelError, CellTimeoutError) as e:

@@ -490,6 +490,27 @@ def test_grading_is_isolated_from_the_students_package(kit, solved_kit, tmp_path
     assert any('its own `tinytorch`' in f for f in s['flags'])
 
 
+@pytest.mark.slow
+def test_time_limits_of_a_grading_kernel(tmp_path):
+    "Per cell: an endless loop is interrupted. Per notebook: past the budget nothing more runs; the tests left fail."
+    from coursetools.autograding import GradingExecute, flags
+
+    def test_cell(gid, src):
+        cell = nbformat.v4.new_code_cell(src)
+        cell.metadata['nbgrader'] = {'grade': True, 'solution': False, 'locked': True, 'grade_id': gid, 'points': 1,
+                                     'schema_version': 3}
+        return cell
+    nb = nbformat.v4.new_notebook(cells=[test_cell('t1', 'x = 1'), nbformat.v4.new_code_cell('while True: pass'),
+                                         nbformat.v4.new_code_cell('while True: pass'), test_cell('t2', 'assert x')])
+    nb.metadata['kernelspec'] = {'name': 'python3', 'display_name': 'Python 3', 'language': 'python'}
+    nb, _ = GradingExecute(timeout=2, notebook_timeout=3).preprocess(nb, {'metadata': {'path': str(tmp_path)}})
+    assert not [o for o in nb.cells[0].outputs if o.output_type == 'error']
+    assert [o.ename for o in nb.cells[1].outputs if o.output_type == 'error'][-1] == 'CellTimeoutError'
+    assert [o.ename for o in nb.cells[3].outputs] == ['NotRun']
+    found = flags(nb)
+    assert any('ran longer than 2 s' in f for f in found) and any('longer than 3 s in all' in f for f in found), found
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
