@@ -135,6 +135,21 @@ def test_shared_gradient_arrays_are_not_aliased():
     assert b.grad[0] == 1.0
 
 
+def test_leaf_gradients_never_alias_each_other_or_the_callers_array():
+    a, b = Tensor([1.0, 2.0], requires_grad=True), Tensor([3.0, 4.0], requires_grad=True)
+    (a.reshape(2, 1).reshape(2) + b).backward(np.ones(2))   # a gets a view of the array b gets
+    a.grad *= 10
+    assert list(b.grad) == [1.0, 1.0]
+    w = np.ones(2, dtype=np.float32)
+    c = Tensor([1.0, 2.0], requires_grad=True)
+    c.backward(w)                                            # the caller's array is not adopted
+    c.grad *= 3
+    assert list(w) == [1.0, 1.0]
+    table = Tensor(np.zeros((5, 3)), requires_grad=True)
+    table[np.array([0, 0, 4])].backward(np.ones((3, 3)))
+    assert table.grad.base is None and table.grad[0, 0] == 2.0   # a fresh array the pass made: adopted
+
+
 def test_no_grad_restores_state_even_after_errors():
     x = Tensor([1.0], requires_grad=True)
     with no_grad():

@@ -296,20 +296,31 @@ def topological_order(root: Tensor) -> list:
 def backprop(root: Tensor, grad: np.ndarray):
     "Propagate `grad` (d root) back through the graph into the `.grad` of every leaf that requires it."
     pending = {id(root): grad}
+    shared = {id(grad)}  # arrays that something else may also hold: a leaf must copy them
     for t in topological_order(root):
         g = pending.pop(id(t), None)
         if g is None:
             continue
         if t.is_leaf:
-            t.grad = np.array(g, dtype=t.dtype) if t.grad is None else t.grad + g
+            if t.grad is not None:
+                t.grad = t.grad + g
+            elif id(g) in shared or g.base is not None or g.dtype != t.dtype:
+                t.grad = np.array(g, dtype=t.dtype)
+            else:
+                t.grad = g
             continue
         grads = t._fn.backward(t._ctx, g)
-        for parent, pg in zip(t._parents, grads if isinstance(grads, tuple) else (grads,)):
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        handed = set()
+        for parent, pg in zip(t._parents, grads):
             if pg is None or not (isinstance(parent, Tensor) and parent.requires_grad):
                 continue
             if pg.shape != parent.shape:
                 raise RuntimeError(f"{t._fn.__name__}.backward returned a gradient of shape {pg.shape} "
                                    f"for an input of shape {parent.shape}")
+            if id(pg) in handed:
+                shared.add(id(pg))
+            handed.add(id(pg))
             pending[id(parent)] = pg if id(parent) not in pending else pending[id(parent)] + pg
 
 # %% ../nbs/00_tensor.ipynb #7211de17
