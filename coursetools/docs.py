@@ -34,7 +34,7 @@ from pathlib import Path
 import nbformat
 import yaml
 
-from .notebooks import EXERCISE, course_notebooks, exercises, nbgrader_meta, secret_lines
+from .notebooks import EXERCISE, course_notebooks, exercises, nbgrader_meta, public_lines, secret_lines
 
 ASSETS = Path(__file__).parent / 'docs_assets'
 CACHE_VERSION = '2'   # bump when what is cached (the executed instructor notebook) changes meaning
@@ -677,14 +677,17 @@ def _sidebar_html(items, here: str) -> str:
 # --------------------------------------------------------------------------------------------------- leak check
 def secrets(nbs) -> dict:
     "Every solution and hidden-test line of every notebook in `nbs` (`secret_lines`), mapped to its notebook."
-    found = {}
+    notebooks = {}
     for p in sorted(Path(nbs).glob('*.ipynb')):
         try:
-            nb = json.loads(p.read_text(encoding='utf-8'))
+            notebooks[p.name] = json.loads(p.read_text(encoding='utf-8'))
         except ValueError:
             continue
-        for line in secret_lines(nb):
-            found.setdefault(line, p.name)
+    public = set().union(*map(public_lines, notebooks.values())) if notebooks else set()
+    found = {}
+    for name, nb in notebooks.items():
+        for line in secret_lines(nb, public):
+            found.setdefault(line, name)
     return found
 
 

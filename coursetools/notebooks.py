@@ -56,20 +56,28 @@ def hidden_tests(nb: dict) -> list:
     return [m.group(1) for c in nb['cells'] if c['cell_type'] == 'code' for m in HIDDEN.finditer(source(c))]
 
 
-def secret_lines(nb: dict) -> set:
-    """Lines of solutions and hidden tests that must never reach a student or the public site.
-
-    A line counts only if it is substantial (over 12 characters, not a comment) and does not also appear in the
-    instructor notebook outside every solution and hidden-test region (such a line is public anyway)."""
+def public_lines(nb: dict) -> set:
+    "Stripped lines of the notebook outside every solution and hidden-test region (what students see anyway)."
     public = set()
     for c in nb['cells']:
         text = HIDDEN.sub('', SOLUTION.sub('', source(c)))
         public.update(line.strip() for line in text.splitlines())
+    return public
+
+
+def secret_lines(nb: dict, public: set = frozenset()) -> set:
+    """Lines of solutions and hidden tests that must never reach a student or the public site.
+
+    A line counts only if it is substantial (over 12 characters, not a comment) and does not also appear outside
+    every solution and hidden-test region, in this notebook or in `public` (the other notebooks' public lines:
+    a line such as `rng = np.random.default_rng(6)` shown in one module is no secret in another)."""
+    public = public_lines(nb) | set(public)
+    shown = '\n'.join(public)              # leak checks search text, so a line inside a public line is public
     lines = set()
     for region in solution_regions(nb) + hidden_tests(nb):
         for line in region.splitlines():
             s = line.strip()
-            if len(s) > 12 and not s.startswith('#') and s not in public:
+            if len(s) > 12 and not s.startswith('#') and s not in public and s not in shown:
                 lines.add(s)
     return lines
 
