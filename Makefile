@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: course test setup export release docs bench sync clean
+.PHONY: course test setup export release docs bench sync clean demo
 
 course: export release docs  ## set up, export the package, build the student release and the docs
 
@@ -58,6 +58,10 @@ test: setup sync  ## every test: the sync gate, then pytest (notebooks, release,
 
 bench: setup  ## benchmarks against PyTorch (when installed), printed and written to bench/results/
 	$(BIN)/python -m bench
+
+# One BLAS thread: the model's matrices are small, and threads only contend (2-4x slower on a busy 2-core machine).
+demo: setup  ## train the guide's transformer to reverse sequences; held-out accuracy, examples, figures -> artifacts/demo/
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m tinytorch.training reversal
 
 clean:
 	rm -rf _release _proc _docs _site .pytest_cache

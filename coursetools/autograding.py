@@ -155,14 +155,30 @@ def _root(node):
     return node.id if isinstance(node, ast.Name) else None
 
 
-def scan_cell(src: str, helpers: set, patchable: set) -> list:
-    """What a student's cell does to the tests' machinery: rebinding a course helper, patching a module or a
-    helper, hooking into IPython, exec/eval. Returns short descriptions (empty: nothing suspicious)."""
+def imports(src: str) -> dict:
+    "{name: what it is imported as}: `import numpy as np` -> {'np': 'numpy'}; `from a import b` -> {'b': 'a.b'}."
+    tree = _python(src)
+    found = {}
+    for node in ast.walk(tree) if tree else []:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                found[a.asname or a.name.split('.')[0]] = a.name if a.asname else a.name.split('.')[0]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            for a in node.names:
+                found[a.asname or a.name] = f'{node.module}.{a.name}'
+    return found
+
+
+def scan_cell(src: str, helpers: set, patchable: set, course_imports=None) -> list:
+    """What a student's cell does to the tests' machinery: rebinding a course helper (importing the same thing
+    again is fine), patching a module or a helper, hooking into IPython, exec/eval. Returns short descriptions
+    (empty: nothing suspicious)."""
     tree = _python(src)
     if tree is None:
         return []
     found = []
-    rebound = bindings(src) & helpers
+    same = {n for n, what in imports(src).items() if (course_imports or {}).get(n) == what}
+    rebound = (bindings(src) & helpers) - same
     found += [f'redefines `{n}`, which the course defines' for n in sorted(rebound)]
     roots = patchable | helpers
     for node in ast.walk(tree):
@@ -212,18 +228,20 @@ def protection(release_nb, source_nb) -> dict:
     for c in source_nb.cells:
         if c.cell_type == 'code' and (_is(c, 'grade') or _is(c, 'solution')):
             excluded |= bindings(c.source)
-    capture, helpers, modules = {}, set(), set()
+    capture, helpers, modules, imported = {}, set(), set(), {}
     for c in release_nb.cells:
         if _is_given(c):
             names = bindings(c.source) - excluded
             if names:
                 capture[_gid(c)] = sorted(names)
             helpers |= bindings(c.source, kinds=('import', 'def')) - excluded
+            imported.update(imports(c.source))
             tree = _python(c.source)
             for node in ast.walk(tree) if tree else []:
                 if isinstance(node, ast.Import):
                     modules.update(a.asname or a.name.split('.')[0] for a in node.names)
-    return {'capture': capture, 'helpers': sorted(helpers), 'patchable': sorted(modules | PATCH_ROOTS)}
+    return {'capture': capture, 'helpers': sorted(helpers), 'patchable': sorted(modules | PATCH_ROOTS),
+            'imports': imported}
 
 
 # ---------------------------------------------------------------------------------------------- sanitizing
@@ -311,7 +329,7 @@ def restructure(nb, release_nb, source_nb, plan=None):
         student = cell.cell_type == 'code' and (not cell.metadata.get('nbgrader') or _is(cell, 'solution'))
         if student:
             what = f'the solution cell `{_gid(cell)}`' if _is(cell, 'solution') else describe(nb.cells, i)
-            for finding in scan_cell(cell.source, helpers, patchable):
+            for finding in scan_cell(cell.source, helpers, patchable, plan.get('imports')):
                 add_flag(nb, f'{what} {finding}: neutralised before each test')
     return nb
 

@@ -302,7 +302,11 @@ def _bad_submissions(root, kit, solved_kit, tmp):
             if p.is_file():
                 z.write(p, Path('my-tinytorch') / p.relative_to(solved_kit))
     cases['solved'] = ('tinytorch.zip', buf.read_bytes())
-    cases['untouched'] = (f'{A}.ipynb', nbformat.writes(release_nb).encode())
+
+    def scratch(nb):                      # a student's own cell that imports what the course imports: no flag
+        _add_after(nb, 'ex00_01_unbroadcast', 'import numpy as np\nfrom fastcore.test import test_eq\n'
+                   'scratch = np.arange(3)\nscratch')
+    cases['untouched'] = (f'{A}.ipynb', variant(scratch, base=release_nb))
 
     def tampered(nb):
         nb.cells[_cell(nb, 'test_00_01_unbroadcast')].source = 'pass'
