@@ -77,6 +77,18 @@ def _version() -> str:
     return m.group(1) if m else '0.1.0'
 
 
+# What a student needs beyond the package's own runtime dependencies: export, check, JupyterLab.
+STUDENT_TOOLS = ['nbdev>=3.3', 'jupyterlab>=4', 'ipykernel', 'nbclient']
+
+
+def _dependencies() -> str:
+    "The reference package's runtime dependencies (the kit's package imports the same), and the student's tools."
+    import json
+    import tomllib
+    runtime = tomllib.loads((ROOT / 'pyproject.toml').read_text()).get('project', {}).get('dependencies', [])
+    return json.dumps(list(dict.fromkeys(runtime + STUDENT_TOOLS)))
+
+
 def _urls() -> str:
     "The reference package's [project.urls] (nbdev derives the docs links in the exported modules from them)."
     import tomllib
@@ -95,7 +107,7 @@ name = "tinytorch"
 version = "{version}"
 description = "A transformer built from scratch in NumPy, one notebook at a time"
 requires-python = ">=3.11"
-dependencies = ["numpy>=2.0", "matplotlib>=3.8", "nbdev>=3.3", "jupyterlab>=4", "ipykernel", "nbclient"]
+dependencies = {dependencies}
 
 [project.scripts]
 tinytorch = "coursetools.student:main"
@@ -173,7 +185,7 @@ def build_kit(notebooks, out) -> Path:
     _clear_kit(out)
     (out / 'nbs').mkdir(parents=True)
     (out / KIT_MARKER).write_text('A tinytorch student kit, written by `python -m coursetools release`.\n')
-    (out / 'pyproject.toml').write_text(KIT_PYPROJECT.format(version=_version(), urls=_urls()))
+    (out / 'pyproject.toml').write_text(KIT_PYPROJECT.format(version=_version(), urls=_urls(), dependencies=_dependencies()))
     (out / 'README.md').write_text(KIT_README)
     (out / '.gitignore').write_text('.venv/\n__pycache__/\n*.egg-info/\n.ipynb_checkpoints/\n_docs/\n')
     for nb in notebooks:

@@ -85,6 +85,8 @@ def test_kit_is_a_student_project(kit):
     cfg = tomllib.loads((kit / 'pyproject.toml').read_text())
     assert cfg['project']['name'] == 'tinytorch'
     assert cfg['project']['scripts']['tinytorch'] == 'coursetools.student:main'
+    runtime = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['dependencies']
+    assert set(runtime) <= set(cfg['project']['dependencies']), 'the kit must install what the package imports'
     nbdev = cfg['tool']['nbdev']
     assert (nbdev['lib_path'], nbdev['nbs_path']) == ('tinytorch', 'nbs') and 'export_procs' not in nbdev
     assert nbdev['allowed_cell_metadata_keys'] == ['nbgrader', 'deletable', 'editable']
@@ -198,6 +200,10 @@ def test_demo_trains_on_the_student_package(solved_kit, tmp_path):
         pytest.skip('no `make demo` yet (module 08, the reversal-task demo): once it exists, this test runs it '
                     'on the student-built package')
     command = shlex.split(m.group(1).replace('$(BIN)/python', sys.executable).replace('$(PYTHON)', sys.executable))
+    settings = {}
+    while command and re.match(r'^[A-Z_][A-Z0-9_]*=', command[0]):     # VAR=value before the command
+        key, value = command.pop(0).split('=', 1)
+        settings[key] = value
     kit, _ = solved_kit
     module = command[command.index('-m') + 1] if '-m' in command else None
     if module and module.startswith('tinytorch.') and \
@@ -213,7 +219,7 @@ def test_demo_trains_on_the_student_package(solved_kit, tmp_path):
         '    if m is not None:\n'
         f'        open({str(tmp_path / "imported.txt")!r}, "a").write(m.__file__ + "\\n")\n'
         'atexit.register(_record)\n')
-    env = dict(os.environ, PYTHONPATH=f'{probe}{os.pathsep}{kit}')
+    env = dict(os.environ, **settings, PYTHONPATH=f'{probe}{os.pathsep}{kit}')
     usage = subprocess.run(command + ['--help'], cwd=tmp_path, env=env, capture_output=True, text=True).stdout
     for option, value in QUICK_DEMO:              # a short run: the point is that it trains on the student's code
         if option in usage:
