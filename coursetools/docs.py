@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import markupsafe
 import nbformat
 import yaml
 
@@ -349,10 +350,16 @@ class _Markdown:
 
     def __call__(self, text: str) -> str:
         text, maths = _protect_math(text)
+        first = len(self.headings)
         out = self._md.render(text)
         for i, (display, tex) in enumerate(maths):
             kind = 'display' if display else 'inline'
             out = out.replace(f'zzMATH{i}zz', f'<span class="math {kind}">{html.escape(tex, quote=False)}</span>', 1)
+        for k in range(first, len(self.headings)):     # math in a heading: the page's table of contents too
+            level, hid, title = self.headings[k]
+            for i, (_, tex) in enumerate(maths):
+                title = title.replace(f'zzMATH{i}zz', f'<span class="math inline">{html.escape(tex, quote=False)}</span>')
+            self.headings[k] = (level, hid, markupsafe.Markup(title))  # already HTML (tags stripped)
         return out
 
 
