@@ -35,7 +35,8 @@ import pytest
 from conftest import ROOT
 from coursetools import course
 from coursetools.notebooks import (HIDDEN, SOLUTION, course_notebooks, exercise_titles, fill_solutions,
-                                   graded_cells, hidden_tests, load, module_name, nbgrader_meta, secret_lines, source)
+                                   graded_cells, hidden_tests, load, module_name, nbgrader_meta, public_lines, secret_lines,
+                                   source)
 from coursetools.release import kit_stubs, release, student_version
 from coursetools.student import classify, execute
 
@@ -378,6 +379,13 @@ def points(*grade_ids):
     return sum(cells[g] for g in grade_ids) if grade_ids else sum(cells.values())
 
 
+def points_through(grade_id):
+    """Points of the graded cells up to and including `grade_id`, in notebook order (a kernel that dies after it
+    keeps exactly these)."""
+    ids = [g['grade_id'] for g in graded_cells(load(ROOT / 'nbs' / f'{A}.ipynb'))]
+    return points(*ids[:ids.index(grade_id) + 1])
+
+
 def check_graded_or_flagged(batch):
     subs = batch['report']['submissions']
     full = points()
@@ -388,7 +396,7 @@ def check_graded_or_flagged(batch):
                      ['`test_00_01_unbroadcast` was edited', '`test_00_03_backward` was deleted', 'cells were moved',
                       'solution cell `ex00_12_gelu` was deleted', '50 MB of outputs: removed']),
         'cheat': (None, ['redefines `test_eq`', 'redefines `gradcheck`', 'patches `fastcore`', 'patches `builtins`']),
-        'crash': (points('test_00_01_unbroadcast', 'test_00_03_backward', 'test_00_04_matmul'), ['kernel died']),
+        'crash': (points_through('test_00_04_matmul'), ['kernel died']),
         'runaway': (full, [f'ran longer than {TIMEOUT} s', 'MB of output: truncated']),
         'invalid_json': (0, ['not valid JSON']),
         'empty': (0, ['the file is empty']),
@@ -456,8 +464,11 @@ def check_rerun_gives_the_same_grades(batch, course_dir):
 def check_feedback_without_hidden_tests(batch, course_dir):
     pages = course.feedback(course_dir, A, log=lambda *_: None)
     assert set(pages) == set(batch['report']['submissions'])
-    hidden = [l.strip() for region in hidden_tests(load(ROOT / 'nbs' / f'{A}.ipynb')) for l in region.splitlines()
-              if len(l.strip()) > 12 and not l.strip().startswith('#')]
+    source_nb = load(ROOT / 'nbs' / f'{A}.ipynb')
+    shown = '\n'.join(public_lines(source_nb))   # a hidden line that is part of a visible one is no secret
+    hidden = [l.strip() for region in hidden_tests(source_nb) for l in region.splitlines()
+              if len(l.strip()) > 12 and not l.strip().startswith('#') and l.strip() not in shown]
+    assert hidden, 'no hidden-test line to look for'
     import html
     for sid, page in pages.items():
         text = html.unescape(re.sub(r'<[^>]+>', '', Path(page).read_text()))
