@@ -34,14 +34,17 @@ REGIMES = {
     'single token': (4, (1,), 3),
     'middle vocabulary': (200, (16, 128), 3),
     'middle vocabulary, long rows (sorted runs in float64)': (200, (2, 1000), 512),
+    'few distinct, long rows, small batch (sorted runs in one piece)': (20, (64, 10), 768),
 }
 
 
-@pytest.fixture(params=['auto', 'grid', 'one-hot'])
+@pytest.fixture(params=['auto', 'grid', 'one-hot', 'sorted runs'])
 def few_ids_path(request, monkeypatch):
-    "Run a test with the automatic choice for few distinct ids, or with the grid or the one-hot product forced."
+    """Run a test with the automatic choice for few distinct ids, or with one of its methods forced: the grid,
+    the one-hot product, or the sorted runs (gathered in one piece when the gradient fits a block)."""
     if request.param != 'auto':
-        monkeypatch.setattr(E, '_ONE_HOT_WORK', 0 if request.param == 'grid' else 10 ** 12)
+        monkeypatch.setattr(E, '_ONE_HOT_WORK', 10 ** 12 if request.param == 'one-hot' else 0)
+        monkeypatch.setattr(E, '_RUN_ROW_BYTES', 0 if request.param == 'sorted runs' else 10 ** 12)
     return request.param
 
 
@@ -105,18 +108,21 @@ def test_backward_empty_batch():
 @given(V=st.integers(1, 60), n=st.integers(1, 400), d=st.integers(1, 6), seed=st.integers(0, 2 ** 16),
        skew=st.booleans(), pad=st.booleans())
 def test_backward_property(V, n, d, seed, skew, pad):
-    "Small problems: with the one-hot product, and with the grid forced (its bookkeeping is then exercised)."
+    """Small problems: with the one-hot product, then with the grid and the sorted runs forced (their bookkeeping
+    is then exercised)."""
     rng = np.random.default_rng(seed)
     ids = (np.minimum(rng.zipf(1.5, n), V) - 1) if skew else rng.integers(0, V, n)
     grad = rng.standard_normal((n, d))
     padding_idx = int(ids[0]) if pad else None
     want = one_hot_reference(grad, ids, V, padding_idx)
     np.testing.assert_allclose(embedding_backward(grad, ids, V, padding_idx), want, atol=1e-9)
-    saved, E._ONE_HOT_WORK = E._ONE_HOT_WORK, 0
+    saved = E._ONE_HOT_WORK, E._RUN_ROW_BYTES
     try:
-        np.testing.assert_allclose(embedding_backward(grad, ids, V, padding_idx), want, atol=1e-9)
+        for run_row_bytes in (10 ** 12, 0):                    # the grid, then the sorted runs
+            E._ONE_HOT_WORK, E._RUN_ROW_BYTES = 0, run_row_bytes
+            np.testing.assert_allclose(embedding_backward(grad, ids, V, padding_idx), want, atol=1e-9)
     finally:
-        E._ONE_HOT_WORK = saved
+        E._ONE_HOT_WORK, E._RUN_ROW_BYTES = saved
 
 
 @settings(max_examples=40, deadline=None)

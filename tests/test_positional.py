@@ -89,6 +89,24 @@ def test_constructor_errors():
         PositionalEncoding(4, dropout=1.5)
 
 
+def test_small_batches_add_a_cached_broadcast_table():
+    "Small batches get the table broadcast to their shape, cached per shape; the sums are the same as without it."
+    pe = PositionalEncoding(16, max_len=64)
+    rng = np.random.default_rng(0)
+    for shape in [(4, 10, 16), (3, 7, 16), (4, 10, 16), (2, 3, 5, 16), (10, 16)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        np.testing.assert_array_equal(pe(x).data, x + sinusoidal_table(64, 16)[:shape[-2]])
+    assert set(pe._broadcast) == {(4, 10, 16), (3, 7, 16), (2, 3, 5, 16)}   # 2-D input: the table as it is
+    big = (1 << 20) // (4 * 16 * 64) + 1                  # a batch just over 1 MB: not cached
+    pe(np.zeros((big, 64, 16), dtype=np.float32))
+    assert (big, 64, 16) not in pe._broadcast
+    pe.pe = Tensor(np.ones((64, 16)))                     # a replaced buffer is never served from the cache
+    np.testing.assert_array_equal(pe(np.zeros((4, 10, 16))).data, np.ones((4, 10, 16)))
+    for i in range(20):                                   # the cache stays small
+        pe(np.zeros((1, i + 1, 16)))
+    assert len(pe._broadcast) <= 8
+
+
 def test_dropout_in_training_only():
     manual_seed(0)
     pe = PositionalEncoding(8, max_len=10, dropout=0.5)

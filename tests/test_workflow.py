@@ -35,8 +35,8 @@ import pytest
 from conftest import ROOT
 from coursetools import course
 from coursetools.notebooks import (HIDDEN, SOLUTION, course_notebooks, exercise_titles, fill_solutions,
-                                   graded_cells, hidden_tests, load, module_name, nbgrader_meta, public_lines, secret_lines,
-                                   source)
+                                   graded_cells, hidden_tests, load, module_name, nbgrader_meta, public_lines,
+                                   secret_lines, source)
 from coursetools.release import kit_stubs, release, student_version
 from coursetools.student import classify, execute
 

@@ -49,9 +49,8 @@ def check_token_ids(ids, num_embeddings: int) -> np.ndarray:
 # %% ../nbs/04_embeddings.ipynb #89888025
 def embedding_forward(weight: np.ndarray, ids: np.ndarray) -> np.ndarray:
     "The rows of `weight` (num_embeddings, embedding_dim) at checked integer `ids`: shape (*ids.shape, embedding_dim)."
-    out = np.empty(ids.shape + weight.shape[1:], dtype=weight.dtype)
-    np.take(weight, ids.reshape(-1), axis=0, out=out.reshape(-1, weight.shape[1]), mode='clip')
-    return out
+    return weight.take(ids, axis=0, mode='clip')
+
 
 # %% ../nbs/04_embeddings.ipynb #ff987b67
 def embedding_backward_naive(grad: np.ndarray, ids: np.ndarray, num_embeddings: int,
@@ -67,6 +66,7 @@ def embedding_backward_naive(grad: np.ndarray, ids: np.ndarray, num_embeddings: 
 # %% ../nbs/04_embeddings.ipynb #628a2f5a
 _BLOCK_BYTES = 4 << 20      # gradient rows summed per block by the grid method: a few MB, so the grid stays in cache
 _ONE_HOT_WORK = 2_000_000   # below this many multiply-adds (ids present x N x d), a one-hot product is quicker
+_RUN_ROW_BYTES = 2048       # rows this long (d >= 512 in float32) are summed id by id when the gradient fits a block
 
 
 def _sum_rows_by_grid(out: np.ndarray, ids: np.ndarray, g: np.ndarray, counts: np.ndarray):
@@ -104,10 +104,17 @@ def _sum_runs(out: np.ndarray, ids: np.ndarray, g: np.ndarray):
     n, d = g.shape
     order = np.argsort(ids, kind='stable')
     key = ids[order]                                                 # sorted: each id's rows form a run
-    chunk = max(16, min(1024, (_BLOCK_BYTES // 16) // (d * g.itemsize)))   # sorted rows gathered per step
     new = np.empty(n, dtype=bool)
     new[0] = True
     np.not_equal(key[1:], key[:-1], out=new[1:])
+    if n * d * g.itemsize <= _BLOCK_BYTES:                           # a small gradient: gathered in one piece
+        rows, ones = np.take(g, order, axis=0, mode='clip'), np.ones(n, dtype=g.dtype)
+        starts = np.flatnonzero(new)
+        bounds = starts.tolist() + [n]
+        for a, b, k in zip(bounds[:-1], bounds[1:], key[starts].tolist()):
+            np.dot(ones[:b - a], rows[a:b], out=out[k])              # one run per id: written, not added
+        return
+    chunk = max(16, min(1024, (_BLOCK_BYTES // 16) // (d * g.itemsize)))   # sorted rows gathered per step
     cuts = np.union1d(np.flatnonzero(new), np.arange(0, n, chunk)).tolist() + [n]   # runs, split at chunk ends
     buf, ones, part = np.empty((chunk, d), dtype=g.dtype), np.ones(chunk, dtype=g.dtype), np.empty(d, dtype=g.dtype)
     base = -chunk
@@ -162,6 +169,8 @@ def embedding_backward(grad: np.ndarray, ids: np.ndarray, num_embeddings: int, p
             if distinct * n * d <= _ONE_HOT_WORK:                    # a small batch: the definition, O^T g
                 present = np.flatnonzero(counts)
                 out[present] = (ids == present[:, None]).astype(g.dtype) @ g
+            elif d * g.itemsize >= _RUN_ROW_BYTES and n * d * g.itemsize <= _BLOCK_BYTES:   # a few long rows
+                _sum_runs(out, ids, g)
             else:
                 _sum_rows_by_grid(out, ids, g, counts)
         elif 4 * distinct <= n and distinct * 2048 <= n * d:         # regime 2b: 8 KB of rows or more per id

@@ -99,11 +99,12 @@ class Module:
         else:
             object.__setattr__(self, name, value)
 
-    def __getattr__(self, name):  # only called when ordinary lookup fails
-        for store in ('_parameters', '_buffers', '_modules'):
-            registry = self.__dict__.get(store)
-            if registry is not None and name in registry:
-                return registry[name]
+    def __getattr__(self, name):  # only called when ordinary lookup fails: every self.weight of every forward
+        d = self.__dict__
+        if '_parameters' in d:
+            for registry in (d['_parameters'], d['_buffers'], d['_modules']):
+                if name in registry:
+                    return registry[name]
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
     def __delattr__(self, name):

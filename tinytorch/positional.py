@@ -88,11 +88,26 @@ class PositionalEncoding(Module):
         self.d_model, self.max_len = _positive_int(d_model, 'd_model'), _positive_int(max_len, 'max_len')
         self.dropout = Dropout(dropout)
         self.register_buffer('pe', sinusoidal_table(self.max_len, self.d_model), persistent=False)
+        self._broadcast = {}                       # input shape -> (pe, the table broadcast to that shape)
+
+    def _table(self, shape: tuple) -> np.ndarray:
+        "The rows to add to an input of `shape`: pe[:seq_len], or for a small batch, a cached copy of its broadcast."
+        pe = self._buffers['pe']                   # self.pe, without the detour through Module.__getattr__
+        table = pe.data[:shape[-2]]
+        if len(shape) == 2 or math.prod(shape) * table.itemsize > 1 << 20:
+            return table
+        owner, full = self._broadcast.get(shape, (None, None))
+        if owner is not pe:                        # first use of this shape, or the buffer was replaced
+            if len(self._broadcast) >= 8:
+                self._broadcast.clear()
+            full = np.ascontiguousarray(np.broadcast_to(table, shape))
+            self._broadcast[shape] = (pe, full)
+        return full
 
     def forward(self, x) -> Tensor:
         x = x if isinstance(x, Tensor) else Tensor(x)
-        seq_len = _sequence_length(x, self.d_model, self.max_len, 'PositionalEncoding')
-        out = add_positions(x, self.pe.data[:seq_len])
+        _sequence_length(x, self.d_model, self.max_len, 'PositionalEncoding')
+        out = add_positions(x, self._table(x.shape))
         return self.dropout(out) if self.dropout.p else out
 
     def extra_repr(self) -> str:

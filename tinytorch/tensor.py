@@ -61,10 +61,10 @@ class Function:
     @classmethod
     def apply(cls, *args, **kwargs):
         "Run `forward` on the arrays inside `args`; record the node when some input needs a gradient."
-        needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        needs = tuple([isinstance(a, Tensor) and a.requires_grad for a in args])   # lists: quicker than generators
         ctx = Context(needs)
-        out = cls.forward(ctx, *(a.data if isinstance(a, Tensor) else a for a in args), **kwargs)
-        track = _grad_enabled and any(needs)
+        out = cls.forward(ctx, *[a.data if isinstance(a, Tensor) else a for a in args], **kwargs)
+        track = _grad_enabled and True in needs
         result = Tensor._from_array(out, requires_grad=track)
         if track:
             result._fn, result._ctx, result._parents = cls, ctx, args
@@ -85,7 +85,7 @@ class Tensor:
         self._init(array, requires_grad)
 
     def _init(self, array: np.ndarray, requires_grad: bool):
-        if requires_grad and not np.issubdtype(array.dtype, np.floating):
+        if requires_grad and array.dtype.kind != 'f':           # every op builds a tensor: no np.issubdtype here
             raise TypeError(f"only floating-point tensors can require gradients, this one is {array.dtype}")
         self.data, self.requires_grad, self.grad = array, bool(requires_grad), None
         self._fn, self._ctx, self._parents = None, None, ()
@@ -129,7 +129,7 @@ class Tensor:
         "Set `requires_grad` in place (leaves only) and return self."
         if not self.is_leaf:
             raise RuntimeError("requires_grad_ can only change leaf tensors; use .detach() on a computed tensor")
-        if requires_grad and not np.issubdtype(self.dtype, np.floating):
+        if requires_grad and self.dtype.kind != 'f':
             raise TypeError(f"only floating-point tensors can require gradients, this one is {self.dtype}")
         self.requires_grad = bool(requires_grad)
         return self
