@@ -16,7 +16,7 @@ from nbgrader.preprocessors import (CheckCellMetadata, ClearHiddenTests, ClearMa
                                     ClearSolutions, ComputeChecksums, LockCells, NbGraderPreprocessor)
 import nbformat
 
-from .notebooks import STUB, course_notebooks, exercises, nbgrader_meta
+from .notebooks import STUB, course_notebooks, exercises, graded_id_problems, load, nbgrader_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 KIT_MARKER = '.tinytorch-kit'
@@ -215,6 +215,9 @@ def write_student_notebooks(nbs, out) -> list:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in course_notebooks(Path(nbs)):
+        problems = graded_id_problems(load(path), path.stem[:2])
+        if problems:
+            raise ValueError(f'{path.name}: ' + '; '.join(problems))
         nb = student_version(nbformat.read(path, as_version=4))
         dest = out / path.name
         tmp = dest.with_suffix('.ipynb.tmp')

@@ -143,7 +143,7 @@ def classify(nb, module_prefix: str) -> dict:
                           'tests': own, 'score': sum(t['score'] for t in own), 'points': sum(t['points'] for t in own)})
     orphans = [t for t in tests if t['exercise'] is None]
     if orphans:
-        exercises.insert(0, {'exercise': None, 'title': 'checks before the first exercise', 'tests': orphans,
+        exercises.append({'exercise': None, 'title': 'checks of the module as a whole', 'tests': orphans,
                              'status': _overall(orphans, None),
                              'score': sum(t['score'] for t in orphans), 'points': sum(t['points'] for t in orphans)})
     first_error = None                  # the notebook's first error, unless it is an exercise not done yet

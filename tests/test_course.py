@@ -12,8 +12,8 @@ from nbclient.exceptions import CellExecutionError
 
 from conftest import ROOT
 from coursetools import grading
-from coursetools.notebooks import (SOLUTION, course_notebooks, exercises, fill_solutions, load, nbgrader_meta,
-                                   secret_lines, source)
+from coursetools.notebooks import (SOLUTION, course_notebooks, exercise_of, exercises, fill_solutions,
+                                   graded_id_problems, load, nbgrader_meta, secret_lines, source)
 from coursetools.release import student_version
 
 NOTEBOOKS = course_notebooks(ROOT / 'nbs')
@@ -31,6 +31,8 @@ def test_structure(path):
     assert source(cells[0]).strip().startswith('#| default_exp '), 'first cell must be `#| default_exp <module>`'
     names = exercises(nb)                               # raises for a solution cell without an exercise heading
     assert names, 'a module notebook has exercises'
+    problems = graded_id_problems(nb, path.stem[:2])    # test_NN_K_name checks Exercise NN.K, test_NN_name the module
+    assert not problems, problems
     ids = [nbgrader_meta(c)['grade_id'] for c in cells if nbgrader_meta(c)]
     assert len(ids) == len(set(ids)), f'duplicate grade_id: {sorted(i for i in ids if ids.count(i) > 1)}'
     graded = [c for c in cells if nbgrader_meta(c).get('grade')]
@@ -52,6 +54,20 @@ def test_structure(path):
             pytest.fail(f'solution region outside a solution cell: {src[:80]!r}')
         assert not c.get('outputs') and c.get('execution_count') is None, \
             f'commit notebooks without outputs: {src[:60]!r}'
+
+
+def test_graded_ids_name_their_exercise():
+    "A graded cell's id says which exercise it checks (or that it checks the module); a wrong one is refused."
+    assert [exercise_of(g) for g in ('test_00_10_softmax', 'test_03_04_same_merges', 'test_00_training')] == \
+           ['00.10', '03.4', None]
+    nb = load(ROOT / 'nbs' / '00_tensor.ipynb')
+    cell = next(c for c in nb['cells'] if nbgrader_meta(c).get('grade_id') == 'test_00_10_softmax')
+    cell['metadata']['nbgrader']['grade_id'] = 'test_00_13_softmax'
+    problems = graded_id_problems(nb, '00')
+    assert any('Exercise 00.13, which the notebook does not have' in p for p in problems), problems
+    assert any('Exercise 00.10 has no graded cell' in p for p in problems), problems
+    cell['metadata']['nbgrader']['grade_id'] = 'softmax_check'
+    assert any("'softmax_check': name it test_00_K_" in p for p in graded_id_problems(nb, '00'))
 
 
 @params

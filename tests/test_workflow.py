@@ -392,7 +392,7 @@ def check_graded_or_flagged(batch):
     expect = {   # case: (score, flags that must be there)
         'solved': (full, []),
         'untouched': (0, []),
-        'tampered': (full - points('test_00_13_gelu', 'test_00_14_training'),
+        'tampered': (full - points('test_00_12_gelu', 'test_00_training'),
                      ['`test_00_01_unbroadcast` was edited', '`test_00_03_backward` was deleted', 'cells were moved',
                       'solution cell `ex00_12_gelu` was deleted', '50 MB of outputs: removed']),
         'cheat': (None, ['redefines `test_eq`', 'redefines `gradcheck`', 'patches `fastcore`', 'patches `builtins`']),
@@ -415,7 +415,7 @@ def check_graded_or_flagged(batch):
         assert s['graded'] == (case not in ('invalid_json', 'empty', 'other_module', 'no_notebook')), case
     assert subs['cheat']['cells']['test_00_01_unbroadcast'] == 0, 'the cheat passed the test'
     crash = subs['crash']['cells']
-    assert crash['test_00_05_exp'] == crash['test_00_14_training'] == 0
+    assert crash['test_00_05_exp'] == crash['test_00_training'] == 0
 
 
 def check_cheat_needs_the_guards(course_dir):
@@ -482,9 +482,11 @@ def check_grades_csv(batch, course_dir):
     rows = {r['student']: r for r in csv.DictReader(out.open())}
     header = next(csv.reader(out.open()))
     nb = load(ROOT / 'nbs' / f'{A}.ipynb')
-    exercises = list(dict.fromkeys(g['exercise'] for g in graded_cells(nb)))
+    exercises = list(dict.fromkeys(g['exercise'] for g in graded_cells(nb) if g['exercise'])) + ['00.module']
+    assert exercises[:2] == ['00.1', '00.2'] and len(exercises) == len(exercise_titles(nb)) + 1
     assert header[0] == 'student' and header[-2:] == ['total', 'flags']
     assert header[1:1 + len(exercises) + 1] == exercises + [A]
+    assert float(rows['solved']['00.module']) == points('test_00_join', 'test_00_training')
     for sid, s in batch['report']['submissions'].items():
         row = rows[sid]
         assert float(row[A]) == s['score'] == sum(float(row[e]) for e in exercises), sid
