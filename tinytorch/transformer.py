@@ -26,9 +26,11 @@ from .positional import LearnedPositionalEmbedding, PositionalEncoding, add_posi
 from .attention import MultiheadAttention, causal_mask, scaled_dot_product_attention
 
 # %% ../nbs/07_transformer.ipynb #42a0add5
-_CHOICES = dict(activation=('relu', 'gelu'), positional=('sinusoidal', 'learned'))
+_CHOICES = dict(activation=('relu', 'gelu', 'gelu_tanh'), positional=('sinusoidal', 'learned'))
 _POSITIVE = ('vocab_size', 'seq_len', 'd_model', 'nhead', 'dim_feedforward', 'batch_size', 'num_epochs')
 _RUN_FIELDS = ('dropout', 'batch_size', 'num_epochs', 'learning_rate')   # a training run's, not the model's
+_REALS = ('dropout', 'learning_rate', 'layer_norm_eps')
+_FLAGS = ('norm_first', 'tie_weights', 'share_embeddings')
 
 
 def _is_int(v) -> bool:
@@ -49,10 +51,11 @@ class TransformerConfig:
     batch_size: int = 64            # sequences per optimisation step
     num_epochs: int = 50            # passes over the training set
     learning_rate: float = 1e-4     # Adam's step size
-    activation: str = 'relu'        # 'relu' (the paper) or 'gelu' (BERT, GPT)
+    activation: str = 'relu'        # 'relu' (the paper), 'gelu' (BERT) or 'gelu_tanh' (GPT-2's approximation)
     norm_first: bool = False        # pre-norm (GPT-2) instead of post-norm (the paper, PyTorch's default)
     positional: str = 'sinusoidal'  # 'sinusoidal' (the paper) or 'learned' (BERT, GPT)
     tie_weights: bool = False       # decoder-only: the output projection shares the token embedding's weight
+    share_embeddings: bool = False  # encoder-decoder: one matrix for both embeddings and the output projection
     layer_norm_eps: float = 1e-5    # added to the variance inside every LayerNorm
     padding_idx: int = 0            # the token id that pads short sequences
 
@@ -114,6 +117,13 @@ def config_problems(config) -> list:
         v, least = getattr(config, name), 1 if name in _POSITIVE else 0
         if not _is_int(v) or v < least:
             out.append(f"{name} must be an integer >= {least}, got {v!r}")
+    for name in _REALS:
+        v = getattr(config, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+            out.append(f"{name} must be a finite number, got {v!r} ({type(v).__name__})")
+    for name in _FLAGS:
+        if not isinstance(getattr(config, name), (bool, np.bool_)):
+            out.append(f"{name} must be True or False, got {getattr(config, name)!r}")
     if out:
         return out
     d, h = config.d_model, config.nhead
@@ -139,7 +149,12 @@ def config_problems(config) -> list:
             out.append(f"{name} must be one of {choices}, got {getattr(config, name)!r}")
     if config.tie_weights and config.num_encoder_layers:
         out.append("tie_weights shares the token embedding with the output projection of a decoder-only model "
-                   "(GPT): set num_encoder_layers=0, or tie_weights=False")
+                   "(GPT): set num_encoder_layers=0, or tie_weights=False (an encoder-decoder shares its "
+                   "embeddings and output projection with share_embeddings=True)")
+    if config.share_embeddings and config.architecture != 'encoder-decoder':
+        out.append(f"share_embeddings makes the source embedding, the target embedding and the output projection "
+                   f"one matrix, which needs an encoder-decoder, got a {config.architecture} model (a "
+                   f"decoder-only model ties its one embedding with tie_weights=True)")
     return out
 
 # %% ../nbs/07_transformer.ipynb #417e12cf
@@ -151,7 +166,7 @@ PRESETS = {
                       num_decoder_layers=0, dim_feedforward=3072, batch_size=32, activation='gelu',
                       positional='learned'),
     'gpt2-small': dict(vocab_size=50257, seq_len=1024, d_model=768, nhead=12, num_encoder_layers=0,
-                       num_decoder_layers=12, dim_feedforward=3072, activation='gelu', norm_first=True,
+                       num_decoder_layers=12, dim_feedforward=3072, activation='gelu_tanh', norm_first=True,
                        positional='learned', tie_weights=True),
 }
 
@@ -166,9 +181,10 @@ def parameter_counts(config) -> dict:
     encoder_layer = attention + feed_forward + 2 * norm
     if config.architecture == 'encoder-decoder':
         decoder_layer = 2 * attention + feed_forward + 3 * norm
-        return dict(embeddings=2 * V * d, positions=learned * (T + 1) * d,
+        shared = config.share_embeddings
+        return dict(embeddings=(1 if shared else 2) * V * d, positions=learned * (T + 1) * d,
                     encoder=config.num_encoder_layers * encoder_layer + norm,
-                    decoder=config.num_decoder_layers * decoder_layer + norm, output=d * V + V)
+                    decoder=config.num_decoder_layers * decoder_layer + norm, output=0 if shared else d * V + V)
     final = norm if config.norm_first else 0
     counts = dict(embeddings=V * d, positions=learned * T * d, encoder=0, decoder=0, output=0)
     if config.architecture == 'decoder-only':
@@ -252,16 +268,25 @@ class FeedForwardFunction(Function):
         return gx, gw1, gb1, gw2, gb2
 
 # %% ../nbs/07_transformer.ipynb #0a8c2953
-def feed_forward(x, w1, b1, w2, b2, activation: str = 'relu', p: float = 0.0, training: bool = True,
+def _check_activation(activation):
+    "An activation is one of the names in _CHOICES or, as in PyTorch, a callable from Tensor to Tensor."
+    if not (callable(activation) or (isinstance(activation, str) and activation in _CHOICES['activation'])):
+        raise ValueError(f"activation must be one of {_CHOICES['activation']} or a callable, got {activation!r}")
+
+
+def feed_forward(x, w1, b1, w2, b2, activation='relu', p: float = 0.0, training: bool = True,
                  generator=None) -> Tensor:
     "The position-wise feed-forward network on PyTorch's `linear1`/`linear2` weights; one fused node for ReLU."
-    if activation not in _CHOICES['activation']:
-        raise ValueError(f"activation must be one of {_CHOICES['activation']}, got {activation!r}")
+    _check_activation(activation)
     p = float(p) if training else 0.0
-    if activation == 'relu':
+    if activation == 'relu' or activation is relu:
         generator = default_generator() if generator is None else generator
         return FeedForwardFunction.apply(x, w1, b1, w2, b2, p=p, generator=generator)
-    hidden = dropout(gelu(linear(x, w1, b1)), p, training, generator)
+    if activation in ('gelu', 'gelu_tanh'):          # 'gelu_tanh': PyTorch's approximate='tanh', GPT-2's gelu_new
+        act = lambda h: gelu(h, approximate='tanh' if activation == 'gelu_tanh' else 'none')
+    else:
+        act = activation
+    hidden = dropout(act(linear(x, w1, b1)), p, training, generator)
     return linear(hidden, w2, b2)
 
 # %% ../nbs/07_transformer.ipynb #783605d7
@@ -269,11 +294,10 @@ class TransformerEncoderLayer(Module):
     "Self-attention and a feed-forward network, each with a residual connection and LayerNorm, as in PyTorch."
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 activation: str = 'relu', layer_norm_eps: float = 1e-5, batch_first: bool = False,
+                 activation='relu', layer_norm_eps: float = 1e-5, batch_first: bool = False,
                  norm_first: bool = False, bias: bool = True):
         super().__init__()
-        if activation not in _CHOICES['activation']:
-            raise ValueError(f"activation must be one of {_CHOICES['activation']}, got {activation!r}")
+        _check_activation(activation)    # 'relu', 'gelu', 'gelu_tanh' (not a PyTorch name) or a callable
         self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first)
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias)
         self.dropout = Dropout(dropout)
@@ -309,11 +333,10 @@ class TransformerDecoderLayer(Module):
     "Causal self-attention, cross-attention over the memory and a feed-forward network, as in PyTorch."
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 activation: str = 'relu', layer_norm_eps: float = 1e-5, batch_first: bool = False,
+                 activation='relu', layer_norm_eps: float = 1e-5, batch_first: bool = False,
                  norm_first: bool = False, bias: bool = True):
         super().__init__()
-        if activation not in _CHOICES['activation']:
-            raise ValueError(f"activation must be one of {_CHOICES['activation']}, got {activation!r}")
+        _check_activation(activation)    # 'relu', 'gelu', 'gelu_tanh' (not a PyTorch name) or a callable
         self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first)
         self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first)
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias)
@@ -393,7 +416,7 @@ class Transformer(Module):
     "The encoder-decoder transformer of Vaswani et al. (2017), with `torch.nn.Transformer`'s arguments and names."
 
     def __init__(self, d_model: int = 512, nhead: int = 8, num_encoder_layers: int = 6, num_decoder_layers: int = 6,
-                 dim_feedforward: int = 2048, dropout: float = 0.1, activation: str = 'relu',
+                 dim_feedforward: int = 2048, dropout: float = 0.1, activation='relu',
                  custom_encoder=None, custom_decoder=None, layer_norm_eps: float = 1e-5,
                  batch_first: bool = False, norm_first: bool = False, bias: bool = True):
         super().__init__()
@@ -444,14 +467,17 @@ class Seq2SeqTransformer(Module):
                              f"(use GPT for a decoder-only model)")
         d, V = config.d_model, config.vocab_size
         self.config, self.max_len, self.scale = config, config.seq_len + 1, math.sqrt(d)
+        shared = config.share_embeddings            # Vaswani et al. 3.4: one matrix for all three
         self.src_tok_emb = _token_embedding(V, d, config.padding_idx)
-        self.tgt_tok_emb = _token_embedding(V, d, config.padding_idx)
+        self.tgt_tok_emb = self.src_tok_emb if shared else _token_embedding(V, d, config.padding_idx)
         self.positional_encoding = _positions(config, self.max_len)
         self.transformer = Transformer(d, config.nhead, config.num_encoder_layers, config.num_decoder_layers,
                                        config.dim_feedforward, config.dropout, config.activation,
                                        layer_norm_eps=config.layer_norm_eps, batch_first=True,
                                        norm_first=config.norm_first)
-        self.generator = Linear(d, V)
+        self.generator = Linear(d, V, bias=not shared)
+        if shared:
+            self.generator.weight = self.src_tok_emb.weight
 
     def forward(self, src, tgt):
         "Logits (B, T_tgt, vocab_size) for every target position, given the source and the previous target tokens."
