@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: course test setup export release docs bench sync clean demo
+.PHONY: course test setup export release docs bench notebook-times sync clean demo
 
 course: export release docs  ## set up, export the package, build the student release and the docs
 
@@ -56,8 +56,12 @@ sync: setup  ## fail when tinytorch/ is not what nbdev-export makes of nbs/, or 
 test: setup sync  ## every test: the sync gate, then pytest (notebooks, release, grading, library)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
-bench: setup  ## benchmarks against PyTorch (when installed), printed and written to bench/results/
+bench: setup  ## benchmarks against PyTorch (when installed), then the notebook times; printed and written to bench/results/
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.notebooks
+
+notebook-times: setup  ## each module notebook top to bottom in a fresh kernel, one BLAS thread: time, slowest cell
+	$(BIN)/python -m bench.notebooks
 
 # One BLAS thread: the model's matrices are small, and threads only contend (2-4x slower on a busy 2-core machine).
 demo: setup  ## train the guide's transformer to reverse sequences; held-out accuracy, examples, figures -> artifacts/demo/
