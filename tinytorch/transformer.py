@@ -8,7 +8,7 @@ Docs: https://tinytorch.github.io/tinytorch/transformer.html.md"""
 __all__ = ['PRESETS', 'TransformerConfig', 'config_problems', 'parameter_counts', 'memory_estimate', 'FeedForwardFunction',
            'feed_forward', 'TransformerEncoderLayer', 'TransformerDecoderLayer', 'TransformerEncoder',
            'TransformerDecoder', 'Transformer', 'Seq2SeqTransformer', 'greedy_decode', 'attention_maps', 'GPTBlock',
-           'KVCache', 'cached_self_attention', 'GPT', 'sample_next', 'generate']
+           'KVCache', 'cached_self_attention', 'GPT', 'sample_next', 'generate', 'load_gpt2']
 
 # %% ../nbs/07_transformer.ipynb #089d7267
 import copy
@@ -739,3 +739,64 @@ def generate(model: GPT, idx, max_new_tokens: int, temperature: float = 1.0, top
     finally:
         model.train(was_training)
     return idx
+
+# %% ../nbs/07_transformer.ipynb #b3f0d2e1
+_HF_ACTIVATIONS = {'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu': 'gelu', 'relu': 'relu'}
+
+
+def _gpt2_state(arrays: dict, num_layers: int) -> dict:
+    "Hugging Face GPT-2 arrays (prefix 'transformer.' optional) renamed and transposed to `GPT.state_dict()` form."
+    a = {k.removeprefix('transformer.'): np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+    state = {'tok_emb.weight': a['wte.weight'], 'pos_emb.weight': a['wpe.weight'],
+             'ln_f.weight': a['ln_f.weight'], 'ln_f.bias': a['ln_f.bias'], 'lm_head.weight': a['wte.weight']}
+    for i in range(num_layers):
+        h, b = f'h.{i}.', f'blocks.{i}.'
+        for ours, theirs in (('self_attn.in_proj', 'attn.c_attn'), ('self_attn.out_proj.', 'attn.c_proj'),
+                             ('linear1.', 'mlp.c_fc'), ('linear2.', 'mlp.c_proj')):
+            sep = '_' if ours.endswith('in_proj') else ''
+            state[b + ours + sep + 'weight'] = a[h + theirs + '.weight'].T        # Conv1D (in, out) -> (out, in)
+            state[b + ours + sep + 'bias'] = a[h + theirs + '.bias']
+        for n, ln in (('norm1', 'ln_1'), ('norm2', 'ln_2')):
+            state[f'{b}{n}.weight'], state[f'{b}{n}.bias'] = a[h + ln + '.weight'], a[h + ln + '.bias']
+    return state
+
+# %% ../nbs/07_transformer.ipynb #c4a1e3f2
+def load_gpt2(source, nhead: int = None, activation: str = None) -> GPT:
+    "A GPT with a Hugging Face GPT-2 checkpoint's weights: a directory (config.json + model.safetensors) or a dict of arrays."
+    hf = {}
+    if isinstance(source, dict):
+        arrays = source
+    else:
+        from pathlib import Path
+        path = Path(source)
+        if not (path / 'config.json').is_file() or not (path / 'model.safetensors').is_file():
+            raise FileNotFoundError(f"{path} is not a GPT-2 checkpoint directory: it needs config.json and "
+                                    f"model.safetensors (see the docs of load_gpt2 for how to get them)")
+        hf = json.loads((path / 'config.json').read_text())
+        try:
+            from safetensors.numpy import load_file
+        except ImportError:
+            raise ImportError("reading model.safetensors needs the safetensors package: "
+                              "pip install 'tinytorch[gpt2]'") from None
+        arrays = load_file(path / 'model.safetensors')
+    keys = {k.removeprefix('transformer.') for k in arrays}
+    if 'wte.weight' not in keys or 'wpe.weight' not in keys:
+        raise KeyError(f"not a GPT-2 state: no wte.weight / wpe.weight among {sorted(keys)[:6]}...")
+    get = lambda k: np.asarray(arrays[k if k in arrays else 'transformer.' + k])
+    wte, wpe = get('wte.weight'), get('wpe.weight')
+    d, L = wte.shape[1], len({k.split('.')[1] for k in keys if k.startswith('h.')})
+    f = get('h.0.mlp.c_fc.weight').shape[1] if L else 4 * d          # Conv1D: (d_model, dim_feedforward)
+    hf_activation = hf.get('activation_function', 'gelu_new')      # GPT-2's: GELU, tanh approximation
+    if activation is None and hf_activation not in _HF_ACTIVATIONS:
+        raise ValueError(f"activation_function {hf_activation!r} has no counterpart here; known: "
+                         f"{list(_HF_ACTIVATIONS)}")
+    activation = _HF_ACTIVATIONS[hf_activation] if activation is None else activation
+    config = TransformerConfig(vocab_size=wte.shape[0], seq_len=wpe.shape[0], d_model=d,
+                               nhead=hf.get('n_head', nhead or d // 64),     # GPT-2 sizes all have 64-dim heads
+                               num_encoder_layers=0, num_decoder_layers=L,
+                               dim_feedforward=f, dropout=0.0,
+                               activation=activation, norm_first=True, positional='learned',
+                               tie_weights=True, layer_norm_eps=hf.get('layer_norm_epsilon', 1e-5))
+    model = GPT(config)
+    model.load_state_dict(_gpt2_state(arrays, L))
+    return model.eval()
