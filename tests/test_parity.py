@@ -195,3 +195,198 @@ def test_every_config_field_names_itself_when_its_type_is_wrong(field, value):
     with pytest.raises(ValueError, match=field) as e:
         TransformerConfig(**{field: value})
     assert repr(value) in str(e.value)
+
+
+# ---------------------------------------------------------------- type promotion of binary operations (torch.result_type)
+
+from tinytorch.tensor import concatenate, log_softmax, relu, result_type, softmax, stack, where  # noqa: E402
+
+_TENSORS = dict(i64=([1, 2], np.int64), i32=([1, 2], np.int32), f32=([1.5, 2.0], np.float32),
+                f64=([1.5, 2.0], np.float64), bool=([True, False], np.bool_))
+_OTHERS = dict(int=lambda m: 3, float=lambda m: 2.5, bool=lambda m: True, np_float64=lambda m: np.float64(2.5),
+               np_int64=lambda m: np.int64(3), np_float32=lambda m: np.float32(2.5),
+               t0_f64=lambda m: m.tensor(2.5, dtype=m.float64), t0_i64=lambda m: m.tensor(3, dtype=m.int64),
+               t_f32=lambda m: m.tensor([1.0, 4.0], dtype=m.float32),
+               t_i64=lambda m: m.tensor([1, 4], dtype=m.int64))
+
+
+class _Ours:
+    "The subset of torch's namespace the cases use, in tinytorch."
+    float64, float32, int64 = np.float64, np.float32, np.int64
+
+    @staticmethod
+    def tensor(data, dtype):
+        return Tensor(data, dtype=dtype)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize('op', ['add', 'mul', 'truediv', 'radd', 'rmul', 'rtruediv', 'sub'])
+@pytest.mark.parametrize('tensor', list(_TENSORS))
+def test_binary_promotion_matches_torch(tensor, op):
+    torch = _torch()
+    data, dtype = _TENSORS[tensor]
+    ours = Tensor(data, dtype=dtype)
+    theirs = torch.from_numpy(np.array(data, dtype=dtype))
+    for name, make in _OTHERS.items():
+        if op == 'rtruediv' and name.startswith('t'):
+            continue                          # torch treats a tensor passed to __rtruediv__ as a number
+        try:
+            expected = getattr(theirs, f'__{op}__')(make(torch)).numpy()
+        except RuntimeError:                  # torch refuses bool subtraction: so must we
+            with pytest.raises(TypeError, match='bool'):
+                getattr(ours, f'__{op}__')(make(_Ours))
+            continue
+        got = getattr(ours, f'__{op}__')(make(_Ours)).data
+        assert got.dtype == expected.dtype, (tensor, op, name, got.dtype, expected.dtype)
+        np.testing.assert_allclose(got, expected, rtol=1e-6, err_msg=f'{tensor} {op} {name}')
+
+
+def test_the_issue_example_promotes():
+    out = Tensor([1, 2], dtype=np.int64) * 2.5
+    assert out.dtype == np.float32 and out.data.tolist() == [2.5, 5.0]
+    assert (2.5 * Tensor([1, 2], dtype=np.int64)).data.tolist() == [2.5, 5.0]
+    assert (Tensor([True, False], dtype=bool) * 2.5).data.tolist() == [2.5, 0.0]
+    assert (Tensor([3, 4], dtype=np.int64) / 2).data.tolist() == [1.5, 2.0]
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize('exponent', [2, 0.5, 3.0])
+@pytest.mark.parametrize('tensor', ['i64', 'f32', 'bool'])
+def test_pow_promotion_matches_torch(tensor, exponent):
+    torch = _torch()
+    data, dtype = _TENSORS[tensor]
+    expected = (torch.from_numpy(np.array(data, dtype=dtype)) ** exponent).numpy()
+    got = (Tensor(data, dtype=dtype) ** exponent).data
+    assert got.dtype == expected.dtype
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize('fn', ['exp', 'log'])
+@pytest.mark.parametrize('tensor', ['i64', 'bool'])
+def test_exp_and_log_of_integers_are_float32_like_torch(tensor, fn):
+    torch = _torch()
+    data, dtype = _TENSORS[tensor]
+    expected = getattr(torch, fn)(torch.from_numpy(np.array(data, dtype=dtype))).numpy()
+    got = getattr(Tensor(data, dtype=dtype), fn)().data
+    assert got.dtype == expected.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.torch
+def test_joins_and_where_promote_like_torch():
+    torch = _torch()
+    i, f = np.array([1, 2]), np.array([0.5, 1.5], np.float32)
+    cond = np.array([True, False])
+    pairs = [
+        (where(cond, Tensor(i, dtype=np.int64), 2.5), torch.where(torch.from_numpy(cond), torch.from_numpy(i), 2.5)),
+        (concatenate([Tensor(i, dtype=np.int64), Tensor(f)]), torch.cat([torch.from_numpy(i), torch.from_numpy(f)])),
+        (stack([Tensor(i, dtype=np.int64), Tensor(f)]), torch.stack([torch.from_numpy(i), torch.from_numpy(f)])),
+        (Tensor(i, dtype=np.int64) + Tensor(f), torch.from_numpy(i) + torch.from_numpy(f)),
+    ]
+    for ours, theirs in pairs:
+        assert ours.dtype == theirs.numpy().dtype
+        np.testing.assert_allclose(ours.data, theirs.numpy())
+
+
+def test_float32_stays_float32_with_float64_numbers_and_arrays():
+    x = Tensor([1.0, 2.0], requires_grad=True)
+    for out in (x * np.float64(3.0), x + np.ones(2), x / np.array(2.0), x - 1, np.float64(2.0) * x):
+        assert out.dtype == np.float32
+    y = Tensor([1.0, 2.0], dtype=np.float64, requires_grad=True)
+    z = (x * y).sum()                          # float32 with float64: float64, and gradients in each leaf's dtype
+    z.backward()
+    assert z.dtype == np.float64 and x.grad.dtype == np.float32 and y.grad.dtype == np.float64
+    assert result_type(Tensor([1], dtype=np.int64), 2.5) == np.float32
+
+
+@pytest.mark.parametrize('fn, name', [(softmax, 'softmax'), (log_softmax, 'log_softmax'), (gelu, 'gelu'),
+                                      (lambda t: t.mean(), 'mean'), (lambda t: t.softmax(), 'softmax')])
+@pytest.mark.parametrize('dtype', [np.bool_, np.int64])
+def test_float_only_functions_name_the_dtype_they_need(fn, name, dtype):
+    with pytest.raises(TypeError, match=f'{name} needs a floating-point tensor, got dtype {np.dtype(dtype)}'):
+        fn(Tensor([1, 0], dtype=dtype))
+
+
+def test_relu_of_bool_is_refused_like_torch():
+    with pytest.raises(TypeError, match='bool'):
+        relu(Tensor([True, False], dtype=bool))
+    assert relu(Tensor([-1, 2], dtype=np.int64)).data.tolist() == [0, 2]
+
+
+def test_bool_subtraction_is_refused_like_torch():
+    mask = Tensor([True, False], dtype=bool)
+    for f in (lambda: mask - mask, lambda: 1 - mask, lambda: Tensor([1.0, 2.0]) - mask):
+        with pytest.raises(TypeError, match='bool'):
+            f()
+
+
+def test_strings_are_not_numbers():
+    with pytest.raises(TypeError, match='str'):
+        Tensor([1.0]) * 'a'
+
+
+# ---------------------------------------------------------------- matmul errors name both shapes
+
+@pytest.mark.parametrize('a, b, fragment', [
+    ((2, 3), (4, 5), r'\(2, 3\) and \(4, 5\) cannot be multiplied \(2x3 and 4x5\)'),
+    ((3,), (4,), r'\(3,\) and \(4,\)'),
+    ((2, 3), (4,), r'\(2, 3\) and \(4,\)'),
+    ((2, 2, 3), (3, 3, 5), r'batch dimensions \(2,\) and \(3,\)'),
+    ((), (4,), 'at least 1 dimension'),
+])
+def test_matmul_errors_name_both_shapes(a, b, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        Tensor(np.ones(a)) @ Tensor(np.ones(b))
+
+
+@pytest.mark.torch
+def test_matmul_shapes_that_torch_accepts_still_work():
+    torch = _torch()
+    for a, b in [((2, 3), (3, 4)), ((2, 1, 3, 4), (5, 4, 2)), ((4,), (4, 3)), ((2, 4), (4,)), ((4,), (4,))]:
+        x, y = randn(*a), randn(*b)
+        np.testing.assert_allclose((Tensor(x) @ Tensor(y)).data, (torch.from_numpy(x) @ torch.from_numpy(y)).numpy(),
+                                   atol=1e-5)
+
+
+# ---------------------------------------------------------------- a second backward through a freed graph
+
+@pytest.mark.torch
+def test_second_backward_raises_like_torch_unless_retain_graph():
+    torch = _torch()
+    x = randn(3)
+    theirs = torch.from_numpy(x).requires_grad_()
+    z = (theirs * theirs).sum()
+    z.backward()
+    with pytest.raises(RuntimeError, match='second time'):
+        z.backward()
+    ours = Tensor(x, requires_grad=True)
+    z = (ours * ours).sum()
+    z.backward()
+    with pytest.raises(RuntimeError, match='retain_graph=True'):
+        z.backward()
+    np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), atol=1e-6)     # the failed pass added nothing
+
+
+@pytest.mark.torch
+def test_retain_graph_accumulates_like_torch():
+    torch = _torch()
+    x = randn(3)
+    theirs = torch.from_numpy(x).requires_grad_()
+    z = (theirs * theirs).exp().sum()
+    z.backward(retain_graph=True)
+    z.backward()
+    ours = Tensor(x, requires_grad=True)
+    z = (ours * ours).exp().sum()
+    z.backward(retain_graph=True)
+    z.backward()
+    np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), rtol=1e-5)
+
+
+def test_backward_frees_what_the_graph_saved():
+    x = Tensor(randn(4, 4), requires_grad=True)
+    h = (x @ x).exp()
+    h.sum().backward()
+    assert h._ctx.saved_tensors is not None and all(not isinstance(v, np.ndarray) for v in vars(h._ctx).values())
+    with pytest.raises(RuntimeError, match='Exp'):
+        h.sum().backward()

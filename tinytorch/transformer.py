@@ -542,6 +542,12 @@ def _positions(config: TransformerConfig, max_len: int):
 def greedy_decode(model: Seq2SeqTransformer, src, bos: int, eos: int, max_len: int = None) -> np.ndarray:
     "Target tokens (B, <= max_len) generated one at a time, each the most likely; PAD after a row's EOS."
     src = model._tokens(src, 'src')
+    V = model.config.vocab_size
+    for name, token in (('bos', bos), ('eos', eos)):
+        if not (_is_int(token) and 0 <= token < V):
+            raise ValueError(f"{name} must be a token id in [0, vocab_size={V}), got {token!r}")
+    if max_len is not None and not (_is_int(max_len) and max_len >= 0):
+        raise ValueError(f"max_len must be None or an integer >= 0, got {max_len!r}")
     max_len = model.max_len if max_len is None else min(max_len, model.max_len)
     pad, was_training = model.config.padding_idx, model.training
     model.eval()
@@ -697,11 +703,28 @@ class GPT(Module):
         return generate(self, idx, max_new_tokens, temperature, top_k, generator, use_cache)
 
 # %% ../nbs/07_transformer.ipynb #3a4e60c7
+def _check_sampling(logits: np.ndarray, temperature, top_k, generator):
+    "Errors naming the argument when sampling settings or logits are unusable (NaN logits would pick token 0)."
+    if logits.ndim != 2 or not np.issubdtype(logits.dtype, np.floating):
+        raise ValueError(f"logits must be a floating (batch, vocab_size) array, got {logits.dtype} {logits.shape}")
+    V = logits.shape[-1]
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)) \
+            or not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0 (0: always the most likely), got {temperature!r}")
+    if top_k is not None and not (_is_int(top_k) and 1 <= top_k <= V):
+        raise ValueError(f"top_k must be None or an integer in 1..{V} (the vocabulary), got {top_k!r}")
+    if generator is not None and not isinstance(generator, np.random.Generator):
+        raise TypeError(f"generator must be a numpy.random.Generator (np.random.default_rng(seed)), got "
+                        f"{type(generator).__name__}")
+    if np.isnan(logits).any():
+        raise ValueError(f"logits contain NaN in row {int(np.isnan(logits).any(axis=-1).argmax())}: the model's "
+                         f"output is broken (are its weights finite?)")
+
+
 def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: int = None, generator=None) -> np.ndarray:
     "One token id per row of `logits` (B, V), drawn from softmax(logits / temperature) over the top_k tokens."
     logits = np.asarray(logits.data if isinstance(logits, Tensor) else logits)
-    if temperature < 0 or (top_k is not None and not 1 <= top_k <= logits.shape[-1]):
-        raise ValueError(f"need temperature >= 0 and 1 <= top_k <= {logits.shape[-1]}, got {temperature}, {top_k}")
+    _check_sampling(logits, temperature, top_k, generator)
     if temperature == 0:
         return logits.argmax(axis=-1)
     generator = default_generator() if generator is None else generator
@@ -718,7 +741,14 @@ def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: int = None,
 def generate(model: GPT, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int = None, generator=None,
              use_cache: bool = True) -> np.ndarray:
     "`idx` (B, T) followed by `max_new_tokens` tokens sampled one at a time; with a key/value cache by default."
-    idx = np.asarray(idx, dtype=np.int64)
+    idx = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
+    if idx.ndim != 2 or idx.shape[1] == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(f"the prompt idx must be a (batch, length >= 1) array of integer token ids, got "
+                        f"{idx.dtype} of shape {idx.shape}")
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    _check_sampling(np.zeros((1, model.config.vocab_size), np.float32), temperature, top_k, generator)
+    idx = idx.astype(np.int64)
     window = model.config.seq_len
     if use_cache and idx.shape[1] + max_new_tokens > window:
         raise ValueError(f"{idx.shape[1]} prompt tokens + {max_new_tokens} new ones exceed the context window "
