@@ -427,10 +427,12 @@ def stage_notebook(path: Path, executed=None, text: str = None) -> dict:
 
     `cells` are dicts of kind 'markdown' (text), 'api' (entries), 'code' (source, outputs, check).
     `executed` is the executed instructor notebook whose outputs may be grafted."""
-    from .release import student_version
+    from .release import strip_locked_marker, student_version
     instructor = nbformat.reads(path.read_text(encoding='utf-8') if text is None else text, as_version=4)
     module_nb = bool(re.match(r'\d\d_', path.name))
     student = student_version(copy.deepcopy(instructor)) if module_nb else copy.deepcopy(instructor)
+    for cell in student.cells:                     # the "(read-only)" first lines are for JupyterLab, not the site
+        cell.source = strip_locked_marker(cell.source)
     if executed is not None and [c.get('id') for c in executed.cells] != [c.get('id') for c in instructor.cells]:
         _log(f'{path.name}: the executed copy does not match the notebook cell for cell; no outputs shown')
         executed = None
