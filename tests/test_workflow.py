@@ -38,7 +38,7 @@ from coursetools.notebooks import (HIDDEN, SOLUTION, course_notebooks, exercise_
                                    fill_solutions, graded_cells, hidden_tests, load, module_name, nbgrader_meta,
                                    public_lines, secret_lines, source)
 from coursetools.release import kit_stubs, release, student_version
-from coursetools.student import classify, execute
+from coursetools.student import classify, execute, render
 
 NOTEBOOKS = course_notebooks(ROOT / 'nbs')
 params = pytest.mark.parametrize('path', NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -347,6 +347,45 @@ def test_check_student_ahead(kit, tmp_path):
     assert (r['status'], r['blocked_by']) == ('blocked', '01.1'), r
 
 
+def readme_examples() -> dict:
+    """{command: [lines]}: the example outputs in README's "For students" (in plain ``` blocks, a line `$ command`
+    starts one)."""
+    text = (ROOT / 'README.md').read_text(encoding='utf-8')
+    section = text[text.index('## For students'):text.index('## For instructors')]
+    examples, block, current = {}, None, None
+    for line in section.splitlines():
+        if line.strip().startswith('```'):
+            block = None if block is not None else (line.strip() == '```' and len(line) - len(line.lstrip()))
+            current = None
+        elif block is not False and block is not None:
+            line = line[block:]
+            if line.startswith('$ '):
+                current = examples.setdefault(line[2:].strip(), [])
+            elif current is not None:
+                current.append(line)
+    return examples
+
+
+def check_readme_example(lines, output):
+    """Every line of a README example is a line of the real output, in order: `...` alone skips lines, ` ...` at
+    the end stands for the rest of the line; seconds and cell/line numbers may differ (others edit the notebooks)."""
+    def norm(s):
+        s = re.sub(r'checked in \d+ s', 'checked in N s', s.rstrip())
+        return re.sub(r'\b(cell|line) \d+', r'\1 N', s)
+    out = [norm(l) for l in output.splitlines()]
+    i = 0
+    for line in lines:
+        if line.strip() == '...':
+            continue
+        want = norm(line)
+        prefix = want.endswith(' ...')
+        want = want[:-4] if prefix else want
+        while i < len(out) and not (out[i].startswith(want) if prefix else out[i] == want):
+            i += 1
+        assert i < len(out), f'README shows a line the command does not print (in this order): {line!r}\n{output}'
+        i += 1
+
+
 WRONG_MUL = {'ex00_02_mul': lambda s: s.replace('unbroadcast(grad * x, y.shape)', 'grad * x')}   # forgets y's sum
 
 
@@ -361,7 +400,8 @@ def test_check_student_in_progress(kit, tmp_path):
                                        if gid not in ('ex00_01_unbroadcast', 'ex00_02_mul', 'ex00_04_matmul',
                                                       'ex00_05_exp')}, edit=WRONG_MUL)
     solve_partly(d, '01_nn')
-    assert tinytorch(d, 'export').returncode == 0
+    exported = tinytorch(d, 'export')
+    assert exported.returncode == 0
     report = check_json(d, '00', _nb('00_tensor'))
     r = by_name(report)
     assert r['00.1']['status'] == 'passed'
@@ -374,12 +414,18 @@ def test_check_student_in_progress(kit, tmp_path):
     assert [(r[k]['status'], r[k]['blocked_by']) for k in ('00.4', '00.5')] == [('blocked', '00.3')] * 2
     assert all(r[f'00.{k}']['status'] == 'todo' for k in range(6, 13))
     assert {(r[k]['status'], r[k]['blocked_by']) for k in ('test_00_join', 'test_00_training')} == {('blocked', '00.3')}
-    from coursetools.student import render
     human = render(report).splitlines()
     assert '  failed   Exercise 00.2: implement Mul.backward  [0/1]' in human
     assert '  blocked  Exercise 00.4: implement MatMul.backward  [0/3]' in human
 
-    r = by_name(check_json(d, '01', _nb('01_nn')))
+    report01 = check_json(d, '01', _nb('01_nn'))
+    examples = readme_examples()                       # README "For students" shows this very student
+    assert set(examples) == {'.venv/bin/tinytorch check 00', '.venv/bin/tinytorch export',
+                             '.venv/bin/tinytorch check 01'}, examples
+    check_readme_example(examples['.venv/bin/tinytorch check 00'], render(report))
+    check_readme_example(examples['.venv/bin/tinytorch export'], exported.stdout)
+    check_readme_example(examples['.venv/bin/tinytorch check 01'], render(report01))
+    r = by_name(report01)
     blocked = {k for k, v in r.items() if v['status'] == 'blocked'}
     assert blocked and {r[k]['blocked_by'] for k in blocked} == {'00.3'}
     assert {v['status'] for k, v in r.items() if k not in blocked} == {'passed'}
