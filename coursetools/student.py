@@ -378,6 +378,9 @@ def classify(nb, module_prefix: str, root=None, catalogue=None) -> dict:
                 t['points'] = min(max(float(partial['data']['text/plain']), 0.0), g['points'])
             except (KeyError, TypeError, ValueError):
                 pass
+            if t['points'] < g['points']:
+                t['status'] = 'failed'
+                t['message'] = f"partial credit: {t['points']:g} of {g['points']:g} points"
         if err is not None:
             t['points'] = 0.0
             t['status'] = 'failed'
@@ -450,12 +453,10 @@ def _verdict(record: dict, tests: list, book, catalogue: dict, module_prefix: st
     stubbed = book.stub_cells(ex) if ex else []
     record.update(points=sum(t['points'] for t in tests), max_points=sum(t['max_points'] for t in tests),
                   cell=tests[0]['cell'] if tests else None, blocked_by=None, also_needs=None, message='', where=None)
-    if not tests:
-        record.update(status='failed', message='no graded cell checks this exercise (its test cell was deleted?)')
-    elif not failing:
+    if tests and not failing:
         record['status'] = 'passed'
-        if record['points'] < record['max_points']:
-            record['message'] = f"partial credit: {record['points']:g} of {record['max_points']:g} points"
+    elif not tests and not stubbed:
+        record.update(status='failed', message='no graded cell checks this exercise (was its test cell deleted?)')
     elif stubbed:
         record.update(status='todo', message=f'not done yet: replace the `raise NotImplementedError(...)` line in '
                                              f'{cell_name(book.nb, stubbed[0])} with your code')
