@@ -86,15 +86,18 @@ def verdict(row: dict) -> str:
     return 'within' if wall and cpu else 'within in CPU time only' if cpu else 'OVER'
 
 
-def table(rows: list, markdown: bool = False) -> str:
-    head = ['notebook', 'wall (s)', 'kernel CPU (s)', 'slowest cell: wall (s)', 'CPU (s)', 'cell', 'first line',
-            'budget 20 s / 5 s']
-    body = [[r['notebook'], f"{r['wall']:.1f}", f"{r['cpu']:.1f}", f"{r['slowest']['wall']:.2f}",
-             f"{r['slowest']['cpu']:.2f}", str(r['slowest']['index']), r['slowest']['first_line'][:60], verdict(r)]
-            for r in rows]
+def table(rows: list, markdown: bool = False, by: str = 'wall') -> str:
+    "The table: one row per notebook, its slowest cell by wall time or (`by='cpu'`, for a busy machine) CPU time."
+    key = 'slowest' if by == 'wall' else 'slowest_cpu_cell'
+    head = ['notebook', 'wall (s)', 'kernel CPU (s)', f'slowest cell ({by}): wall (s)', 'CPU (s)', 'cell',
+            'first line', 'budget 20 s / 5 s']
+    body = [[r['notebook'], f"{r['wall']:.1f}", f"{r['cpu']:.1f}", f"{r[key]['wall']:.2f}", f"{r[key]['cpu']:.2f}",
+             str(r[key]['index']), r[key]['first_line'][:60], verdict(r)] for r in rows]
     if markdown:
-        fmt = lambda cells: '| ' + ' | '.join(c.replace('|', '\\|') if i != 6 else f'`{c}`' for i, c in enumerate(cells)) + ' |'
-        return '\n'.join([fmt(head), '|' + '---|' * len(head)] + [fmt(b) for b in body])
+        cell = lambda c: c.replace('|', '\\|')
+        fmt = lambda cells: '| ' + ' | '.join(cells) + ' |'
+        return '\n'.join([fmt(head), '|' + '---|' * len(head)]
+                         + [fmt([cell(c) if i != 6 else f'`{c}`' for i, c in enumerate(b)]) for b in body])
     widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
     line = lambda cells: '  '.join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
     return '\n'.join([line(head)] + [line(b) for b in body])
@@ -111,6 +114,13 @@ def machine() -> dict:
                 cpus=os.cpu_count(), python=platform.python_version(), numpy=numpy.__version__, threads=1)
 
 
+def _caption(meta: dict) -> str:
+    return (f"Notebook times, {meta['date']}: {meta['cpu']} ({meta['cpus']} cores), Python {meta['python']}, "
+            f"NumPy {meta['numpy']}, one BLAS thread, a fresh kernel per notebook; load average before "
+            f"{meta['load_before'][0]}, after {meta['load_after'][0]} (1 min). Budget: {BUDGET_NOTEBOOK:g} s per "
+            f"notebook, {BUDGET_CELL:g} s per cell, one core of a quiet machine.\n")
+
+
 def main(argv=None) -> int:
     from coursetools.notebooks import course_notebooks
     p = argparse.ArgumentParser(prog='python -m bench.notebooks', description=__doc__.split('\n')[0])
@@ -120,7 +130,15 @@ def main(argv=None) -> int:
     p.add_argument('--out', default=str(ROOT / 'bench' / 'results' / 'notebooks.json'))
     p.add_argument('--markdown', action='store_true', help='print the table as Markdown')
     p.add_argument('--executed', help='also write the executed notebooks into this folder')
+    p.add_argument('--by', choices=('wall', 'cpu'), default='wall',
+                   help="the slowest cell by wall time (default) or by the kernel's CPU time (on a busy machine)")
+    p.add_argument('--table', metavar='JSON', help='print the table of an earlier run (its JSON) instead of running')
     args = p.parse_args(argv)
+    if args.table:
+        report = json.loads(Path(args.table).read_text())
+        print(_caption(report['meta']))
+        print(table(report['notebooks'], args.markdown, args.by))
+        return 0
     paths = [q for q in course_notebooks(Path(args.nbs)) if args.only in q.name]
     meta = machine()
     load_before = os.getloadavg()
@@ -134,11 +152,8 @@ def main(argv=None) -> int:
         for c in row['errors']:
             print(f"  cell {c['index']} raised {c['error']}", file=sys.stderr)
     meta['load_before'], meta['load_after'] = [round(x, 2) for x in load_before], [round(x, 2) for x in os.getloadavg()]
-    print(f"\nNotebook times, {meta['date']}: {meta['cpu']} ({meta['cpus']} cores), Python {meta['python']}, "
-          f"NumPy {meta['numpy']}, one BLAS thread, a fresh kernel per notebook; load average before "
-          f"{meta['load_before'][0]}, after {meta['load_after'][0]} (1 min). Budget: {BUDGET_NOTEBOOK:g} s per "
-          f"notebook, {BUDGET_CELL:g} s per cell, one core of a quiet machine.\n")
-    print(table(rows, args.markdown))
+    print('\n' + _caption(meta))
+    print(table(rows, args.markdown, args.by))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix('.tmp')

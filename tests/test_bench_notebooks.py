@@ -4,6 +4,7 @@ No time is asserted (speed is measured in bench/, never tested): only what the t
 import json
 
 import nbformat
+import pytest
 
 from bench import notebooks
 
@@ -15,6 +16,7 @@ def _notebook(path, sources):
     nbformat.write(nb, path)
 
 
+@pytest.mark.slow          # two kernels start: a few seconds on a quiet machine
 def test_every_notebook_gets_a_row_with_its_cells(tmp_path, capsys):
     _notebook(tmp_path / '00_a.ipynb', ['#| export\nx = 1', 'sum(range(10 ** 6))',
                                         '#| hide\nif True: nbdev_export()'])      # NameError if it were run
