@@ -187,7 +187,7 @@ def lm_config(vocab_size: int, size: str = 'notebook') -> TransformerConfig:
                             dropout=0.0, batch_size=16, learning_rate=2e-3))
     if size not in shapes:
         raise KeyError(f"unknown size {size!r}; the sizes are 'notebook' and 'full'")
-    return TransformerConfig(vocab_size=vocab_size, num_encoder_layers=0, activation='gelu', norm_first=True,
+    return TransformerConfig(vocab_size=vocab_size, num_encoder_layers=0, activation='relu', norm_first=True,
                              positional='learned', tie_weights=False, **shapes[size])
 
 
