@@ -8,7 +8,11 @@ PyTorch reference is the same network written with `torch.nn` (its attention is 
 - training step: what `fit` does per batch in `make lm` — zero the gradients, forward 16 windows of 128 tokens,
   cross-entropy, backward, clip the gradient norm to 1, Adam. Target: ours / torch <= 1.0.
 - generation: a 16-token prompt continued by 112 greedy tokens, one at a time, with a key/value cache in both
-  (ours: module 07's `generate`). Reported as tokens per second; the ratio is of times (ours / torch).
+  (ours: module 07's `generate`). Tokens per second = 112 / time; the ratio is of times (ours / torch).
+
+- GPT-2 small generation (report only, not with --quick): `GPT(TransformerConfig.preset('gpt2-small'))` with
+  random weights (the cost is the weights', not their values), a 16-token prompt and 32 greedy tokens with the
+  KV cache; the time divided by 32 is the cost per token (the prompt's included). What `load_gpt2` gives costs this.
 
 Both at one thread (`python -m bench` pins it).
 """
@@ -18,7 +22,7 @@ from tinytorch.nn import manual_seed
 from tinytorch.optim import Adam
 from tinytorch.language_model import NextTokenModel, lm_config
 from tinytorch.training import train_step
-from tinytorch.transformer import GPT, generate
+from tinytorch.transformer import GPT, TransformerConfig, generate
 
 from .__main__ import torch_or_none
 from .harness import Case
@@ -132,4 +136,11 @@ def cases(quick: bool) -> list:
     ours, ref, extra = _generation(torch, config, rng.integers(4, config.vocab_size, (1, PROMPT)))
     rows.append(Case(group='LM generation, KV cache', name=f'{PROMPT}+{NEW} tokens, greedy, batch 1', ours=ours,
                      ref=ref, number=1, repeats=3 if quick else 7, extra=dict(new_tokens=NEW, **extra)))
+    if not quick:
+        manual_seed(0)
+        gpt2 = GPT(TransformerConfig.preset('gpt2-small', dropout=0.0)).eval()
+        prompt = rng.integers(0, gpt2.config.vocab_size, (1, PROMPT))
+        rows.append(Case(group='GPT-2 small generation', name=f'{PROMPT}+32 tokens, greedy, KV cache',
+                         ours=lambda: generate(gpt2, prompt, 32, temperature=0), number=1, repeats=3,
+                         extra=dict(parameters=gpt2.config.num_parameters(), new_tokens=32)))
     return rows
