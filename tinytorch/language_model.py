@@ -6,13 +6,14 @@ Docs: https://tinytorch.github.io/tinytorch/language_model.html.md"""
 
 # %% auto #0
 __all__ = ['STDLIB_VALIDATION', 'STDLIB_TRAIN', 'NOTEBOOK_TRAIN', 'NOTEBOOK_VALIDATION', 'stdlib_texts', 'read_texts',
-           'encode_texts', 'num_bytes', 'token_windows', 'WindowLoader', 'validation_loader', 'NextTokenModel',
-           'lm_loss', 'bits_per_byte', 'unigram_bits_per_byte', 'accumulation_step', 'lm_config',
+           'encode_texts', 'num_bytes', 'gzip_bits_per_byte', 'token_windows', 'WindowLoader', 'validation_loader',
+           'NextTokenModel', 'lm_loss', 'bits_per_byte', 'unigram_bits_per_byte', 'accumulation_step', 'lm_config',
            'train_language_model', 'plot_bits_per_byte', 'top_p_filter', 'sample_token', 'complete', 'plot_heads',
            'main']
 
 # %% ../nbs/09_language_model.ipynb #35a1f36b
 import argparse
+import gzip
 import json
 import math
 import sysconfig
@@ -74,6 +75,11 @@ def encode_texts(tokenizer: Tokenizer, texts) -> np.ndarray:
 def num_bytes(texts) -> int:
     "UTF-8 bytes of `texts`, plus one per text for its EOS (the unit of bits per byte)."
     return sum(len(t.encode('utf-8')) + 1 for t in texts)
+
+
+def gzip_bits_per_byte(texts) -> float:
+    "What `gzip -9` needs per byte of the texts, each compressed on its own (a baseline a language model can beat)."
+    return 8 * sum(len(gzip.compress(t.encode('utf-8'), 9)) for t in texts) / num_bytes(texts)
 
 # %% ../nbs/09_language_model.ipynb #2d19628a
 def token_windows(ids, seq_len: int, stride: int = None) -> np.ndarray:
@@ -187,7 +193,7 @@ def lm_config(vocab_size: int, size: str = 'notebook') -> TransformerConfig:
                             dropout=0.0, batch_size=16, learning_rate=2e-3))
     if size not in shapes:
         raise KeyError(f"unknown size {size!r}; the sizes are 'notebook' and 'full'")
-    return TransformerConfig(vocab_size=vocab_size, num_encoder_layers=0, activation='gelu', norm_first=True,
+    return TransformerConfig(vocab_size=vocab_size, num_encoder_layers=0, activation='relu', norm_first=True,
                              positional='learned', tie_weights=False, **shapes[size])
 
 
@@ -214,7 +220,7 @@ def plot_bits_per_byte(curves: dict, baselines: dict = None, title: str = None):
         ax.plot(steps, bpb, 'o-', ms=3, color=color, label=name)
         if baselines and name in baselines:
             ax.axhline(baselines[name], color=color, ls='--', lw=1, label=f'{name}: unigram baseline')
-    ax.set(xlabel='training step', ylabel='bits per byte', title=title or 'validation bits per byte')
+    ax.set(xlabel='training step', ylabel='bits per byte', title=title or 'bits per byte')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -292,9 +298,9 @@ def plot_heads(model: GPT, tokenizer: Tokenizer, ids, layer: int = 0):
     return fig
 
 # %% ../nbs/09_language_model.ipynb #ba762b31
-def _report(epoch: int, history: dict, to_bpb) -> bool:
+def _report(epoch: int, history: dict, train_bpb, to_bpb) -> bool:
     "One line per epoch above the progress bar; never asks to stop."
-    tqdm.write(f"epoch {epoch:3d}  train {to_bpb(history['train_loss'][-1]):.3f}  "
+    tqdm.write(f"epoch {epoch:3d}  train {train_bpb(history['train_loss'][-1]):.3f}  "
                f"validation {to_bpb(history['val_loss'][-1]):.3f} bits/byte  "
                f"next-token accuracy {history['val_token_acc'][-1]:.1%}  {history['seconds'][-1]:.0f} s")
     return False
@@ -335,6 +341,7 @@ def main(argv=None) -> dict:
     train_ids, val_ids = encode_texts(tokenizer, train_texts.values()), encode_texts(tokenizer, val_texts.values())
     val_bytes = num_bytes(val_texts.values())
     to_bpb = lambda loss: bits_per_byte(loss, len(val_ids), val_bytes)
+    train_bpb = lambda loss: bits_per_byte(loss, len(train_ids), num_bytes(train_texts.values()))
     unigram = unigram_bits_per_byte(train_ids, val_ids, tokenizer.vocab_size, val_bytes)
     config = lm_config(tokenizer.vocab_size, args.size)
     manual_seed(args.seed)
@@ -346,11 +353,11 @@ def main(argv=None) -> dict:
           f"{args.epochs} epochs of {args.steps} steps")
     history = train_language_model(model, train_ids, val_ids, args.epochs, args.steps, checkpoint=out / 'checkpoint.npz',
                                    resume=args.resume, progress=not args.no_progress, seed=args.seed,
-                                   callback=lambda epoch, h: _report(epoch, h, to_bpb))
+                                   callback=lambda epoch, h: _report(epoch, h, train_bpb, to_bpb))
     samples = {t: complete(model.gpt, tokenizer, 'def ', 120, temperature=t, top_p=0.95, seed=args.seed)
                for t in (0.5, 0.8, 1.1)}
     steps = [e * args.steps for e in history['epoch']]
-    plot_bits_per_byte({'training': (steps, [to_bpb(l) for l in history['train_loss']]),
+    plot_bits_per_byte({'training': (steps, [train_bpb(l) for l in history['train_loss']]),
                         'validation': (steps, [to_bpb(l) for l in history['val_loss']])},
                        {'validation': unigram}, f'{args.size} configuration').savefig(out / 'curves.png', dpi=120)
     snippet = tokenizer.encode(samples[0.8])[:32]
@@ -358,12 +365,14 @@ def main(argv=None) -> dict:
                                                                                           dpi=120)
     summary = dict(size=args.size, config=json.loads(config.to_json()), epochs=history.epochs, steps=args.steps,
                    val_bits_per_byte=round(to_bpb(history['val_loss'][-1]), 4), unigram_bits_per_byte=round(unigram, 4),
+                   gzip_bits_per_byte=round(gzip_bits_per_byte(val_texts.values()), 4),
                    val_loss=round(history['val_loss'][-1], 4), train_seconds=round(sum(history['seconds']), 1),
                    wall_seconds=round(time.perf_counter() - start, 1), samples={str(t): s for t, s in samples.items()})
     (out / 'summary.json').write_text(json.dumps(summary, indent=1))
     for t, s in samples.items():
         print(f"\n--- temperature {t} ---\n{s}")
-    print(f"\nvalidation {summary['val_bits_per_byte']:.3f} bits per byte (unigram baseline {unigram:.3f}) after "
+    print(f"\nvalidation {summary['val_bits_per_byte']:.3f} bits per byte (unigram baseline {unigram:.3f}, gzip -9 "
+          f"{summary['gzip_bits_per_byte']:.3f}) after "
           f"{history.epochs} epochs, {summary['train_seconds']:.0f} s of training; figures, checkpoint and summary "
           f"in {out}/ (wall time {summary['wall_seconds']:.0f} s)")
     return summary
