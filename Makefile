@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: course test setup export release docs bench notebook-times sync clean demo
+.PHONY: course test setup export release docs bench notebook-times sync clean demo lm
 
 course: export release docs  ## set up, export the package, build the student release and the docs
 
@@ -66,6 +66,10 @@ notebook-times: setup  ## each module notebook top to bottom in a fresh kernel, 
 # One BLAS thread: the model's matrices are small, and threads only contend (2-4x slower on a busy 2-core machine).
 demo: setup  ## train the guide's transformer to reverse sequences; held-out accuracy, examples, figures -> artifacts/demo/
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m tinytorch.training reversal
+
+# Both cores: at d_model 128 and batches of 16 x 128 tokens the matrices are large enough for a second BLAS thread.
+lm: setup  ## train module 09's GPT on Python's standard library (resumes); bits per byte, samples, figures -> artifacts/lm/
+	OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2 $(BIN)/python -m tinytorch.language_model --resume
 
 clean:
 	rm -rf _release _proc _docs _site .pytest_cache
