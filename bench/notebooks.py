@@ -69,11 +69,10 @@ def time_notebook(path, timeout: int = 600, executed=None) -> dict:
     if executed is not None:
         Path(executed).mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, Path(executed) / path.name)
-    wall = sum(c['wall'] for c in cells)
-    slowest = max(cells, key=lambda c: c['wall'])
-    return dict(notebook=path.name, wall=wall, cpu=sum(c['cpu'] for c in cells),
-                with_kernel_start=time.perf_counter() - t0, slowest=slowest,
-                slowest_cpu_cell=max(cells, key=lambda c: c['cpu']),
+    none = dict(index=None, wall=0.0, cpu=0.0, first_line='(no code)', error=None)
+    return dict(notebook=path.name, wall=sum(c['wall'] for c in cells), cpu=sum(c['cpu'] for c in cells),
+                with_kernel_start=time.perf_counter() - t0, slowest=max(cells, key=lambda c: c['wall'], default=none),
+                slowest_cpu_cell=max(cells, key=lambda c: c['cpu'], default=none),
                 errors=[c for c in cells if c['error']], cells=cells)
 
 
