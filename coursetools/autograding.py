@@ -26,12 +26,13 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_output
-from traitlets import Integer, Unicode
+from traitlets import Float, Integer, Unicode
 
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -43,6 +44,8 @@ from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, Clea
                                     SaveCells)
 
 
+from . import sandbox
+from .guard import AUDIT_FD, END
 from .release import ExerciseStubs, LockGivenCells
 
 META = 'tinytorch'                      # notebook metadata: what the grader found
@@ -375,6 +378,104 @@ def grading_env(threads: int = 1) -> dict:
     return env
 
 
+def sandbox_env(threads: int = 1) -> dict:
+    """The kernel's environment in the sandbox: `grading_env`'s settings on a nearly empty environment (the
+    grader's variables, tokens included, stay outside)."""
+    env = {k: os.environ[k] for k in ('PATH', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TZ') if k in os.environ}
+    env['PATH'] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+    env.update({k: v for k, v in grading_env(threads).items() if k not in os.environ or k in (
+        'IN_TEST', 'PYTHONNOUSERSITE', 'MPLBACKEND', 'PYTHONHASHSEED', 'OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS',
+        'MKL_NUM_THREADS')})
+    return env
+
+
+# Names a file or folder next to the notebook must not have: it would be imported instead of the real module
+# (the kernel's working directory is first on sys.path).
+_MODULE_FILE = re.compile(r'^[A-Za-z_]\w*(\.py|\.pyc|\.pyw|\.so|\.pth|\.[\w-]+\.so)$')
+
+
+def remove_shadowing(workdir, nb):
+    """Take out of the grading folder every Python module or package (nbgrader copies the submission's files and
+    the extra files of source/<assignment>/ there): `numpy.py` or a `tinytorch/` would replace the real one."""
+    for p in sorted(Path(workdir).iterdir()) if Path(workdir).is_dir() else []:
+        package = p.is_dir() and not p.is_symlink() and ((p / '__init__.py').exists() or p.name == 'tinytorch')
+        if not (package or _MODULE_FILE.match(p.name) or p.is_symlink()):
+            continue
+        shutil.rmtree(p) if package else p.unlink()
+        if p.name in ('tinytorch', 'tinytorch.py'):
+            add_flag(nb, f'the submission folder had its own `{p.name}`: removed, graded on the reference package')
+        else:
+            add_flag(nb, f'the grading folder held `{p.name}` (it would replace a module the tests import): '
+                         'removed before grading')
+
+
+def audit_flags(records: list, sandboxed: bool, completed: bool, max_processes: int) -> list:
+    "Flags from the audit hook's records (coursetools/guard.py): what the submission tried."
+    after = ': the sandbox stopped it' if sandboxed else ': graded without a sandbox, it may have succeeded'
+    found, seen = [], {}
+    for r in records:
+        kind = r.get('event') if isinstance(r, dict) else None
+        if kind is None:
+            seen.setdefault('junk', []).append(r)
+        elif kind != END:
+            seen.setdefault(kind, []).append(r)
+
+    def listing(items):
+        items = list(dict.fromkeys(items))
+        more = f' (and {len(items) - 3} more)' if len(items) > 3 else ''
+        return ', '.join(f'`{i}`' for i in items[:3]) + more
+    if 'open' in seen:
+        found.append(f"tried to read outside its folder: {listing(r['path'] for r in seen['open'])}{after}")
+    if 'write' in seen:
+        found.append(f"tried to write outside its folder: {listing(r['path'] for r in seen['write'])}{after}")
+    if 'database' in seen:
+        found.append(f"tried to open the database {listing(r['path'] for r in seen['database'])}{after}")
+    if 'connect' in seen:
+        found.append(f"tried to connect a socket to {listing(r['address'] for r in seen['connect'])}"
+                     + (': the sandbox has no network' if sandboxed else after))
+    if 'process' in seen:
+        hows = {}
+        for r in seen['process']:
+            hows[r.get('how')] = hows.get(r.get('how'), 0) + 1
+        what = ', '.join(f'{k} x{v}' for k, v in hows.items())
+        found.append(f'started processes ({what})' + (f': at most {max_processes} at once in the sandbox'
+                                                      if sandboxed else after))
+    if 'sys.addaudithook' in seen:
+        found.append('tried to add its own audit hook (which sees the tests\' code): refused')
+    if 'junk' in seen or any(k not in ('open', 'write', 'database', 'connect', 'process', 'sys.addaudithook')
+                             for k in seen):
+        found.append("wrote into the grader's audit channel")
+    if completed and not any(isinstance(r, dict) and r.get('event') == END for r in records):
+        found.append("the grader's audit channel was closed or silenced before the end: later attempts are not "
+                     'recorded')
+    return found
+
+
+def _read_records(fd) -> list:
+    os.set_blocking(fd, False)
+    data = b''
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    records = []
+    for line in data.decode('utf-8', errors='replace').splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            records.append(line[:200])
+    return records
+
+
+def _out_of_memory(out) -> bool:
+    return out.get('output_type') == 'error' and (out.get('ename') == 'MemoryError' or
+                                                  'Cannot allocate memory' in str(out.get('evalue', '')))
+
+
 def _guard(call: str):
     return new_code_cell(f"__import__('coursetools.guard', fromlist=['_']).{call}",
                          metadata={META: {'guard': True}})
@@ -405,36 +506,82 @@ def insert_guards(nb):
             dirty = True
     if pending:
         cells.append(_guard(f'capture(globals(), {sorted(set(pending))!r})'))
+    cells.append(_guard('finish()'))
     nb.cells = cells
     return nb
 
 
 class GradingExecute(Execute):
-    """nbgrader's Execute, for grading untrusted notebooks: isolated environment (`grading_env`), guard cells,
-    and a kernel that dies or hangs ends the notebook (the cells after it fail) instead of the submission."""
+    """nbgrader's Execute, for grading untrusted notebooks: the kernel runs in the sandbox (coursetools/sandbox.py)
+    on a scratch copy of the grading folder, with an isolated environment (`grading_env`), guard cells and an
+    audit hook (coursetools/guard.py); a kernel that dies or hangs ends the notebook (the cells after it fail)
+    instead of the submission. UNSAFE_NO_SANDBOX=1: no sandbox, every submission flagged."""
     threads = Integer(1, help='BLAS threads of each grading kernel').tag(config=True)
     notebook_timeout = Integer(900, help='seconds for the whole notebook: then the rest is not run (-1: no limit)'
                                ).tag(config=True)
+    memory_gb = Float(4, help='virtual memory of a grading kernel (GB): an allocation beyond fails').tag(config=True)
+    max_processes = Integer(64, help="processes and threads of a grading kernel's sandbox").tag(config=True)
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault('shutdown_kernel', 'immediate')    # nothing to save in a grading kernel
         super().__init__(*args, **kwargs)
 
+    def create_kernel_manager(self):
+        self.kernel_manager_class = sandbox.SandboxedKernelManager
+        km = super().create_kernel_manager()
+        for k, v in self._km_settings.items():
+            setattr(km, k, v)
+        if km.sandbox is not None:
+            km.transport, km.ip, km.connection_file = 'ipc', str(km.ipcdir / 'k'), str(km.ipcdir / 'kernel.json')
+        return km
+
     def preprocess(self, nb, resources, km=None):
         insert_guards(nb)
-        workdir = resources.get('metadata', {}).get('path') or '.'
-        for name in ('tinytorch', 'tinytorch.py'):        # a student's package next to the notebook would shadow
-            p = Path(workdir, name)                       # the reference package: never grade with it
-            if p.exists():
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-                add_flag(nb, f'the submission folder had its own `{name}`: removed, graded on the reference package')
+        meta = resources.setdefault('metadata', {})
+        workdir = Path(meta.get('path') or '.')
+        remove_shadowing(workdir, nb)
+        unsafe = sandbox.disabled()
+        top = sandbox.scratch()
+        read_fd, write_fd = os.pipe()
+        box = None if unsafe else sandbox.Sandbox(memory_gb=self.memory_gb, max_processes=self.max_processes)
+        if unsafe:
+            add_flag(nb, sandbox.UNSAFE_FLAG)
+            kernel_dir, env = workdir, grading_env(self.threads)
+            home = top / 'work'                   # a private home: the kernel's caches and history go there
+            env.update(HOME=str(home), MPLCONFIGDIR=str(home / 'mpl'), IPYTHONDIR=str(home / 'ipython'))
+        else:
+            kernel_dir, env = top / 'work', sandbox_env(self.threads)
+            shutil.copytree(workdir, kernel_dir, dirs_exist_ok=True, symlinks=True)
+            box.prepare(top / 'work', top / 'ipc')
+        env[AUDIT_FD] = str(write_fd)
+        self._km_settings = dict(sandbox=box, workdir=kernel_dir, ipcdir=top / 'ipc', pass_fds=(write_fd,))
+        meta['path'] = str(kernel_dir)
+        try:
+            self._run(nb, resources, km, env)
+        finally:
+            meta['path'] = str(workdir)
+            os.close(write_fd)
+            records = _read_records(read_fd)
+            os.close(read_fd)
+            shutil.rmtree(top, ignore_errors=True)
+        for f in audit_flags(records, not unsafe, self._completed, self.max_processes):
+            add_flag(self.nb, f)
+        for index, cell in enumerate(self.nb.cells):
+            if cell.cell_type == 'code' and not cell.metadata.get(META, {}).get('guard') and \
+                    any(_out_of_memory(o) for o in cell.get('outputs', [])):
+                add_flag(self.nb, f'{describe(self.nb.cells, index)} ran out of memory (a grading kernel may use '
+                                  f'{self.memory_gb:g} GB): stopped there, the notebook went on')
+        return self.nb, self.resources
+
+    def _run(self, nb, resources, km, env):
         NotebookClient.__init__(self, nb, km)
         self.reset_execution_trackers()
         self._check_assign_resources(resources)
         self._timed_out = []
+        self._completed = False
         ran, failure = set(), None
         try:
-            with self.setup_kernel(env=grading_env(self.threads), stderr=subprocess.DEVNULL):
+            with self.setup_kernel(env=env, stderr=subprocess.DEVNULL):
                 info = self.wait_for_reply(self.kc.kernel_info())
                 self.nb.metadata['language_info'] = info['content']['language_info']
                 start = time.monotonic()
@@ -453,6 +600,8 @@ class GradingExecute(Execute):
                                                        ': the cells after it were not run', traceback=[]))
                         break
                     ran.add(index)
+                else:
+                    self._completed = True
         except DeadKernelError:
             if failure is None:
                 raise
@@ -466,7 +615,6 @@ class GradingExecute(Execute):
         for index in self._timed_out:
             add_flag(self.nb, f'{describe(self.nb.cells, index)} ran longer than {self.timeout} s: interrupted')
         self.set_widgets_metadata()
-        return self.nb, self.resources
 
     async def _async_handle_timeout(self, timeout, cell=None):
         for i, c in enumerate(self.nb.cells):
