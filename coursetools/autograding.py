@@ -581,7 +581,7 @@ class GradingExecute(Execute):
         self._completed = False
         ran, failure = set(), None
         try:
-            with self.setup_kernel(env=env, stderr=subprocess.DEVNULL):
+            with self.setup_kernel(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
                 info = self.wait_for_reply(self.kc.kernel_info())
                 self.nb.metadata['language_info'] = info['content']['language_info']
                 start = time.monotonic()
@@ -689,8 +689,85 @@ class RecordFlags(NbGraderPreprocessor):
         return nb, resources
 
 
+def hidden_lines(nb) -> list:
+    """The lines of the notebook's hidden tests that a student has not seen: substantial (over 12 characters, not a
+    comment) and found nowhere in the course's other cells outside hidden regions (as the release and site leak
+    checks count them). Read from the graded notebook itself, whose graded cells hold the hidden tests."""
+    hidden, shown = set(), []
+    for c in nb.cells:
+        if c.cell_type != 'code' or not c.metadata.get('nbgrader') or _is(c, 'solution'):
+            continue
+        shown.append(_HIDDEN_REGION.sub('', c.source))
+        for m in _HIDDEN_REGION.finditer(c.source) if _is(c, 'grade') else []:
+            hidden.update(l.strip() for l in m.group(0).splitlines()[1:-1])
+    shown = '\n'.join(shown)
+    keep = [l for l in hidden if len(l) > 12 and not l.startswith('#') and l not in shown]
+    return sorted(keep, key=len, reverse=True)
+
+
+HIDDEN_MARK = '(hidden test)'
+
+
+def scrub_outputs(nb, lines, tracebacks_of_tests=True) -> dict:
+    """Replace every hidden-test line in every output of every cell (streams, rich data, error messages and
+    tracebacks) by HIDDEN_MARK; `tracebacks_of_tests=False` leaves the graded cells' own tracebacks (the grader
+    sees where a test failed). Returns {cell index: lines replaced}."""
+    found = {}
+
+    def scrub(text, index):
+        if not isinstance(text, str):
+            return text
+        for line in lines:
+            if line in text:
+                found[index] = found.get(index, 0) + text.count(line)
+                text = text.replace(line, HIDDEN_MARK)
+        return text
+    if not lines:
+        return found
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != 'code':
+            continue
+        for out in cell.get('outputs', []):
+            if 'text' in out:
+                out['text'] = scrub(out['text'], index)
+            for mime, value in list(out.get('data', {}).items()):
+                if isinstance(value, str):
+                    out['data'][mime] = scrub(value, index)
+                elif isinstance(value, list):
+                    out['data'][mime] = [scrub(v, index) for v in value]
+                elif not mime.startswith('image/'):                # JSON data: replaced whole
+                    text = json.dumps(value, ensure_ascii=False)
+                    hits = [line for line in lines if line in text or json.dumps(line)[1:-1] in text]
+                    if hits:
+                        found[index] = found.get(index, 0) + len(hits)
+                        out['data'][mime] = HIDDEN_MARK
+            if out.get('output_type') == 'error':
+                out['evalue'] = scrub(out.get('evalue', ''), index)
+                if tracebacks_of_tests or not _is(cell, 'grade'):
+                    out['traceback'] = [scrub(t, index) for t in out.get('traceback', [])]
+    return found
+
+
+class ScrubHiddenTests(NbGraderPreprocessor):
+    """Autograding: no hidden-test line stays in any output (a submission can print what it read, or echo the
+    cells run after its own); the submission whose output held one is flagged. The graded cells' own tracebacks
+    are kept for the grader (the feedback reduces them, `HideHiddenTests`)."""
+
+    def preprocess(self, nb, resources):
+        for index, n in scrub_outputs(nb, hidden_lines(nb), tracebacks_of_tests=False).items():
+            add_flag(nb, f'the output of {describe(nb.cells, index)} held hidden-test lines ({n}): removed')
+        return nb, resources
+
+
 class HideHiddenTests(NbGraderPreprocessor):
-    "Feedback: hidden tests' code replaced by a comment, tracebacks of test cells reduced to their message."
+    """Feedback: hidden tests' code replaced by a comment, tracebacks of test cells reduced to their message, and
+    every output of every cell scrubbed of hidden-test lines."""
+
+    def preprocess(self, nb, resources):
+        lines = hidden_lines(nb)
+        nb, resources = super().preprocess(nb, resources)
+        scrub_outputs(nb, lines)
+        return nb, resources
 
     def preprocess_cell(self, cell, resources, cell_index):
         if cell.cell_type == 'code' and _is(cell, 'grade'):
@@ -706,5 +783,5 @@ GENERATE = [IncludeHeaderFooter, InstantiateTests, LockGivenCells, LockCells, Ex
             CheckCellMetadata]
 SANITIZE = [ClearOutput, Restructure, DeduplicateIds, OverwriteKernelspec, OverwriteCells, CheckCellMetadata]
 AUTOGRADE = [GradingExecute, RemoveGuards, IgnorePattern, ClearMetadataPreprocessor, LimitOutputSize,
-             RecordFlags, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+             ScrubHiddenTests, RecordFlags, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
 FEEDBACK = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]

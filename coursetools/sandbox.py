@@ -49,6 +49,10 @@ UNSAFE_FLAG = 'graded without a sandbox (UNSAFE_NO_SANDBOX=1): the submission ra
 UID_BASE = 2_000_000_000      # root: each kernel runs as an unused uid of its own (no passwd entry needed)
 
 
+class SandboxUnavailable(RuntimeError):
+    "bwrap is missing or cannot start a sandbox here (and the instructor did not opt out)."
+
+
 def disabled() -> bool:
     "True when the instructor opted out of the sandbox (UNSAFE_NO_SANDBOX=1)."
     return os.environ.get(OPT_OUT, '').strip() not in ('', '0')
