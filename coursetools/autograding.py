@@ -438,6 +438,8 @@ def audit_flags(records: list, sandboxed: bool, completed: bool, max_processes: 
         for r in seen['process']:
             hows[r.get('how')] = hows.get(r.get('how'), 0) + 1
         what = ', '.join(f'{k} x{v}' for k, v in hows.items())
+        commands = [r['what'] for r in seen['process'] if r.get('what') not in (None, '', "''")]
+        what += f': {listing(commands)}' if commands else ''
         found.append(f'started processes ({what})' + (f': at most {max_processes} at once in the sandbox'
                                                       if sandboxed else after))
     if 'sys.addaudithook' in seen:
@@ -547,14 +549,15 @@ class GradingExecute(Execute):
         if unsafe:
             add_flag(nb, sandbox.UNSAFE_FLAG)
             kernel_dir, env = workdir, grading_env(self.threads)
-            home = top / 'work'                   # a private home: the kernel's caches and history go there
-            env.update(HOME=str(home), MPLCONFIGDIR=str(home / 'mpl'), IPYTHONDIR=str(home / 'ipython'))
+            env['TMPDIR'] = str(top / 'home')
         else:
             kernel_dir, env = top / 'work', sandbox_env(self.threads)
             shutil.copytree(workdir, kernel_dir, dirs_exist_ok=True, symlinks=True)
-            box.prepare(top / 'work', top / 'ipc')
+            box.prepare(top / 'work', top / 'ipc', top / 'home')
+        env.update(sandbox.home_env(top / 'home'))   # a fresh home: caches and history, the same in both modes
         env[AUDIT_FD] = str(write_fd)
-        self._km_settings = dict(sandbox=box, workdir=kernel_dir, ipcdir=top / 'ipc', pass_fds=(write_fd,))
+        self._km_settings = dict(sandbox=box, workdir=kernel_dir, ipcdir=top / 'ipc', home=top / 'home',
+                                 pass_fds=(write_fd,))
         meta['path'] = str(kernel_dir)
         try:
             self._run(nb, resources, km, env)

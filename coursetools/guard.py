@@ -106,7 +106,7 @@ def _shell():
 
 AUDIT_FD = 'TINYTORCH_AUDIT_FD'
 END = 'end'
-_READ_OK = ('/usr/', '/etc/', '/proc/', '/dev/', '/sys/', '/lib', '/bin/', '/sbin/', '/tmp/')
+_READ_OK = ('/usr/', '/etc/', '/proc/', '/dev/', '/sys/', '/lib', '/bin/', '/sbin/')
 _EVENTS = frozenset({'open', 'socket.connect', 'socket.sendto', 'socket.sendmsg', 'sqlite3.connect',
                      'sqlite3.connect/handle', 'os.fork', 'os.forkpty', 'os.posix_spawn', 'os.spawn', 'os.system',
                      'os.exec', 'subprocess.Popen', 'pty.spawn', 'os.remove', 'os.rename', 'os.rmdir', 'os.mkdir',
@@ -130,7 +130,8 @@ def _audit():
     roots = [os.getcwd()] + [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix)] + \
         [os.path.dirname(os.path.dirname(os.path.realpath(__file__)))]
     okay = tuple(r.rstrip('/') + '/' for r in roots) + _READ_OK
-    mine = (os.getcwd().rstrip('/') + '/', '/tmp/', '/dev/null')
+    mine = tuple(p.rstrip('/') + '/' for p in (os.getcwd(), os.environ.get('HOME') or os.getcwd(),
+                                                os.environ.get('TMPDIR') or '/tmp'))
 
     def where(path, _str=str, _fspath=os.fspath, _join=os.path.join, _norm=os.path.normpath, _cwd=os.getcwd):
         path = _fspath(path)
@@ -139,7 +140,8 @@ def _audit():
 
     def hook(event, args, _events=_EVENTS, _writes=_WRITES, _procs=_PROCESSES, _okay=okay, _mine=mine,
              _where=where, _write=os.write, _dumps=json.dumps, _fd=fd, _int=int, _isinstance=isinstance,
-             _file=__file__, _getattr=getattr):
+             _file=__file__, _getattr=getattr, _isdir=os.path.isdir, _dirname=os.path.dirname, _repr=repr,
+             _ipykernel='/ipykernel_'):   # ipykernel's names of cells (tracebacks look them up)
         if event not in _events:
             return
         if event in ('object.__setattr__', 'object.__delattr__'):    # the hook's code and defaults (and the
@@ -159,23 +161,26 @@ def _audit():
                 writing = (mode is not None and any(c in mode for c in 'wax+')) or \
                     (mode is None and _int(flags or 0) & 0o1103)         # O_WRONLY | O_RDWR | O_CREAT | O_TRUNC
                 full = _where(path)
-                if writing and not (full + '/').startswith(_mine) and full != '/dev/null':
+                # its own folders, where they exist (the course may live under /tmp: not in the sandbox's /tmp)
+                own = (full + '/').startswith(_mine) and (_isdir(_dirname(full)) or _ipykernel in full)
+                if writing and not own and full != '/dev/null':
                     record = {'event': 'write', 'path': full}
-                elif not writing and not (full + '/').startswith(_okay + _mine):
+                elif not writing and not own and not (full + '/').startswith(_okay):
                     record = {'event': 'open', 'path': full}
             elif event in _writes:
                 full = _where(args[0]) if args and args[0] is not None and not _isinstance(args[0], _int) else ''
-                if full and not (full + '/').startswith(_mine):
+                if full and not ((full + '/').startswith(_mine) and _isdir(_dirname(full))):
                     record = {'event': 'write', 'path': full, 'how': event}
             elif event.startswith('sqlite3.connect'):
                 db = args[0] if args else ''
                 if _isinstance(db, (str, bytes)) and db not in (':memory:', b':memory:', '') and \
-                        not (_where(db) + '/').startswith(_mine):
+                        not ((_where(db) + '/').startswith(_mine) and _isdir(_dirname(_where(db)))):
                     record = {'event': 'database', 'path': _where(db)}
             elif event.startswith('socket.'):
                 record = {'event': 'connect', 'address': repr(args[1] if len(args) > 1 else args)[:200]}
             elif event in _procs:
-                record = {'event': 'process', 'how': event}
+                what = args[1] if event == 'subprocess.Popen' and len(args) > 1 else args[0] if args else ''
+                record = {'event': 'process', 'how': event, 'what': _repr(what)[:120]}
             if record is not None:
                 _write(_fd, (_dumps(record) + '\n').encode())
         except (BlockingIOError, BrokenPipeError):

@@ -105,8 +105,9 @@ class Sandbox:
         return ['prlimit', f'--as={int(self.memory_gb * 2**30)}', f'--nproc={nproc}',
                 f'--fsize={self.max_file_mb * 2**20}', '--core=0', '--']
 
-    def command(self, cmd: list, workdir, ipcdir) -> list:
-        "`cmd` (the kernel's command) wrapped in bwrap, the uid change (as root) and the limits."
+    def command(self, cmd: list, workdir, ipcdir, home=None) -> list:
+        """`cmd` (the kernel's command) wrapped in bwrap, the uid change (as root) and the limits; `home`: a
+        writable folder for the kernel's caches (HOME, else the private /tmp)."""
         args = [bwrap(), '--die-with-parent', '--tmpfs', '/']
         for top in ('usr', 'etc', 'bin', 'sbin', 'lib', 'lib32', 'lib64', 'libx32'):
             p = Path('/', top)
@@ -116,18 +117,20 @@ class Sandbox:
                 args += ['--ro-bind', str(p), str(p)]
         args += ['--proc', '/proc', '--dev', '/dev', '--perms', '1777', '--size', str(self.tmp_mb * 2**20),
                  '--tmpfs', '/tmp']
-        binds = readable() + [Path(workdir), Path(ipcdir)]
+        writable = [Path(workdir), Path(ipcdir)] + ([Path(home)] if home else [])
+        binds = readable() + writable
         parents = sorted({a for p in binds for a in p.parents if a not in (Path('/'), Path('/tmp'))},
                          key=lambda a: len(a.parts))
         for a in parents:             # bwrap would create them 0700: the kernel's uid could not walk through
             args += ['--perms', '0755', '--dir', str(a)]
         for p in readable():
             args += ['--ro-bind', str(p), str(p)]
-        args += [
-                 '--bind', str(workdir), str(workdir), '--bind', str(ipcdir), str(ipcdir), '--chdir', str(workdir),
-                 '--unsetenv', 'JPY_PARENT_PID',     # ipykernel would poll a parent pid that the PID namespace hides
-                 '--setenv', 'HOME', '/tmp', '--setenv', 'TMPDIR', '/tmp', '--setenv', 'MPLCONFIGDIR', '/tmp/mpl',
-                 '--setenv', 'IPYTHONDIR', '/tmp/ipython']
+        for p in writable:
+            args += ['--bind', str(p), str(p)]
+        home = str(home or '/tmp')
+        args += ['--chdir', str(workdir), '--setenv', 'TMPDIR', '/tmp',
+                 '--unsetenv', 'JPY_PARENT_PID']     # ipykernel would poll a parent pid that the PID namespace hides
+        args += [a for k, v in home_env(home).items() for a in ('--setenv', k, v)]
         if self.root:         # no user namespace: the uid change below must be a real one (RLIMIT_NPROC)
             args += ['--unshare-ipc', '--unshare-pid', '--unshare-net', '--unshare-uts', '--unshare-cgroup',
                      '--cap-drop', 'ALL', '--cap-add', 'CAP_SETUID', '--cap-add', 'CAP_SETGID', '--',
@@ -147,6 +150,25 @@ class Sandbox:
             for dirpath, dirnames, filenames in os.walk(top):
                 for n in dirnames + filenames:
                     os.chown(os.path.join(dirpath, n), self.uid, self.uid, follow_symlinks=False)
+
+
+def home_env(home) -> dict:
+    "A grading kernel's home (caches, IPython's history): the same in and out of the sandbox."
+    return {'HOME': str(home), 'MPLCONFIGDIR': os.path.join(home, 'mpl'), 'IPYTHONDIR': os.path.join(home, 'ipython')}
+
+
+def seed_home(home):
+    """Copy the grader's matplotlib font list into a kernel's fresh home, so that it is not rebuilt (a scan of
+    every font) for each submission."""
+    import matplotlib
+    cache = Path(matplotlib.get_cachedir())
+    found = sorted(cache.glob('fontlist-v*.json'))
+    if not found:
+        import matplotlib.font_manager  # noqa: F401  (builds the font list)
+        found = sorted(cache.glob('fontlist-v*.json'))
+    (Path(home) / 'mpl').mkdir(parents=True, exist_ok=True)
+    for f in found[-1:]:
+        shutil.copy(f, Path(home) / 'mpl' / f.name)
 
 
 def check(sandbox: Sandbox = None, timeout: float = 120) -> str:
@@ -172,13 +194,15 @@ def check(sandbox: Sandbox = None, timeout: float = 120) -> str:
 
 
 def scratch():
-    "A private folder with `work/` (the kernel's copy of the grading folder) and `ipc/` (its sockets)."
+    """A private folder with `work/` (the kernel's copy of the grading folder), `ipc/` (its sockets) and `home/`
+    (its caches)."""
     base = tempfile.gettempdir()
     if len(base) > 40:                # Unix socket paths are limited to ~107 bytes
         base = '/tmp'
     top = Path(tempfile.mkdtemp(prefix='tt-', dir=base))
-    (top / 'work').mkdir()
-    (top / 'ipc').mkdir()
+    for sub in ('work', 'ipc', 'home'):
+        (top / sub).mkdir()
+    seed_home(top / 'home')
     return top
 
 
@@ -186,9 +210,10 @@ class SandboxedKernelManager(AsyncKernelManager):
     """A kernel manager whose kernel runs in `sandbox` (set before starting), with ZeroMQ's ipc transport in
     `ipcdir` (see the module's docstring for why), and `pass_fds` handed to the kernel (the audit channel)."""
 
-    def __init__(self, *args, sandbox: Sandbox = None, workdir=None, ipcdir=None, pass_fds=(), **kwargs):
+    def __init__(self, *args, sandbox: Sandbox = None, workdir=None, ipcdir=None, home=None, pass_fds=(), **kwargs):
         super().__init__(*args, **kwargs)
-        self.sandbox, self.workdir, self.ipcdir, self.pass_fds = sandbox, workdir, ipcdir, tuple(pass_fds)
+        self.sandbox, self.workdir, self.ipcdir, self.home = sandbox, workdir, ipcdir, home
+        self.pass_fds = tuple(pass_fds)
         if sandbox is not None:
             self.transport = 'ipc'
             self.ip = str(Path(ipcdir) / 'k')
@@ -202,7 +227,7 @@ class SandboxedKernelManager(AsyncKernelManager):
         # Interrupt by a message on the control channel (ipykernel then signals itself): a SIGINT sent to the
         # process group would hit bwrap, which dies and takes the sandbox with it.
         self.kernel_spec.interrupt_mode = 'message'
-        return self.sandbox.command(cmd, self.workdir, self.ipcdir)
+        return self.sandbox.command(cmd, self.workdir, self.ipcdir, self.home)
 
     async def _async_launch_kernel(self, kernel_cmd, **kw):
         if self.pass_fds:

@@ -578,7 +578,7 @@ def _attacks(course_dir, port):
                      "    pids.append(pid)\nprint('forked', len(pids))\nfor pid in pids:\n    os.kill(pid, 9)\n"
                      "    os.waitpid(pid, 0)"],
         'hog': ["import mmap\nm = mmap.mmap(-1, 20 * 2**30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | "
-                "mmap.MAP_NORESERVE)\nprint('mapped 20 GB')",
+                "getattr(mmap, 'MAP_NORESERVE', 0x4000))   # address space only: never touched\nprint('mapped 20 GB')",
                 "big = np.empty(20 * 2**30, dtype=np.uint8)\nprint('allocated 20 GB')"],
         'caller': [f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)\n"
                    "s.sendall(b'hello from a grading kernel')\nprint('connected')"],
@@ -639,6 +639,7 @@ def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
     forked = re.search(r'forked (\d+)', out['forkbomb'])
     assert forked and int(forked.group(1)) < 100, out['forkbomb'][-500:]     # the sandbox allows 64 tasks
     assert 'mapped 20 GB' not in out['hog'] and 'allocated 20 GB' not in out['hog']
+    assert len([f for f in subs['hog']['flags'] if 'ran out of memory' in f]) == 2, subs['hog']['flags']
     assert 'connected' not in out['caller']
     hidden = hidden_test_lines()
     assert not [h for h in hidden if h in out['leaker']], 'hidden tests left in an output of the graded notebook'
