@@ -562,6 +562,7 @@ def _attacks(course_dir, port):
     """{student: cells added after test_00_01_unbroadcast of a solved notebook}: the attacks of issue 12, each
     bounded if the sandbox fails (at most 300 forks, address space reserved and never touched, loopback only)."""
     course = str(course_dir)
+    seen = [course, str(ROOT / 'nbs'), str(ROOT / 'tests'), str(ROOT / 'README.md')]   # none is in the sandbox
     return {
         'forger': [f"import sqlite3\ndb = sqlite3.connect({course + '/gradebook.db'!r})\n"
                    "db.execute('UPDATE grade SET manual_score = max_score')\ndb.commit()\nprint('forged')"],
@@ -572,7 +573,9 @@ def _attacks(course_dir, port):
                     "    except OSError as e:\n"
                     "        print('refused', type(e).__name__)"],
         'leaker': [f"print(open({course + '/source/' + A + '/' + A + '.ipynb'!r}).read())",
-                   "print('\\n'.join(In))"],             # IPython's history: the tests run before this cell
+                   "print('\\n'.join(In))",             # IPython's history: the tests run before this cell
+                   "import os\nprint('seen:', [p for p in " + repr(seen) + " if os.path.exists(p)], "
+                   "sorted(set(os.listdir(" + repr(str(Path.home())) + ")) - {'.pyenv'}))"],
         'forkbomb': ["import os, time\npids = []\nfor i in range(300):\n    try:\n        pid = os.fork()\n"
                      "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(30)\n        os._exit(0)\n"
                      "    pids.append(pid)\nprint('forked', len(pids))\nfor pid in pids:\n    os.kill(pid, 9)\n"
@@ -643,6 +646,7 @@ def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
     assert 'connected' not in out['caller']
     hidden = hidden_test_lines()
     assert not [h for h in hidden if h in out['leaker']], 'hidden tests left in an output of the graded notebook'
+    assert 'seen: [] []' in out['leaker'], out['leaker'][-300:]     # no course, no repository, nothing of the home
 
     (course_dir / 'source' / A / 'numpy.py').write_text('raise ImportError("planted")\n')   # as if planted earlier
     victim = course.autograde(course_dir, A, students=[VICTIM], jobs=0, log=lambda *_: None)['submissions'][VICTIM]
@@ -695,6 +699,47 @@ def test_no_bwrap_stops_before_grading(tmp_path):
     assert not (course_dir / 'autograded').exists()
     from coursetools import sandbox
     assert sandbox.check() == '', 'bwrap is installed here and should start'
+
+
+def test_audit_records_become_flags():
+    "What the audit hook records (coursetools/guard.py) becomes flags; anything else in the channel is flagged too."
+    from coursetools.autograding import audit_flags
+    records = [{'event': 'open', 'path': f'/c/source/{i}'} for i in range(5)] + [
+        {'event': 'write', 'path': '/c/gradebook.db'}, {'event': 'connect', 'address': "('127.0.0.1', 80)"},
+        {'event': 'process', 'how': 'os.fork', 'what': "''"}, {'event': 'process', 'how': 'os.fork'},
+        {'event': 'sys.addaudithook'}, 'not json', {'event': 'end'}]
+    found = audit_flags(records, sandboxed=True, completed=True, max_processes=64)
+    assert found[0] == 'tried to read outside its folder: `/c/source/0`, `/c/source/1`, `/c/source/2` (and 2 more)' \
+        ': the sandbox stopped it'
+    assert found[1:] == ['tried to write outside its folder: `/c/gradebook.db`: the sandbox stopped it',
+                         "tried to connect a socket to `('127.0.0.1', 80)`: the sandbox has no network",
+                         'started processes (os.fork x2): at most 64 at once in the sandbox',
+                         "tried to add its own audit hook (which sees the tests' code): refused",
+                         "wrote into the grader's audit channel"]
+    assert audit_flags([{'event': 'end'}], True, True, 64) == []
+    assert audit_flags([], True, False, 64) == []            # the kernel died: no end marker expected
+    assert 'closed or silenced' in audit_flags([], True, True, 64)[0]
+    assert 'without a sandbox' in audit_flags([{'event': 'write', 'path': '/x'}], False, True, 64)[0]
+
+
+def test_hidden_lines_are_scrubbed_from_every_output():
+    "Every kind of output of every cell, and only hidden lines that are not visible elsewhere in the course."
+    from coursetools.autograding import HIDDEN_MARK, hidden_lines, scrub_outputs
+    nb = nbformat.read(ROOT / 'nbs' / f'{A}.ipynb', as_version=4)
+    lines = hidden_lines(nb)
+    assert set(lines) == set(hidden_test_lines())
+    secret = lines[0]
+    cell = nbformat.v4.new_code_cell('print(leak)', outputs=[
+        nbformat.v4.new_output('stream', name='stdout', text=f'a\n{secret}\nb'),
+        nbformat.v4.new_output('execute_result', data={'text/plain': repr(secret), 'text/html': [secret]},
+                               execution_count=1),
+        nbformat.v4.new_output('display_data', data={'application/json': {'k': secret}}),
+        nbformat.v4.new_output('error', ename='E', evalue=secret, traceback=[f'  {secret}'])])
+    nb.cells.append(cell)
+    found = scrub_outputs(nb, lines)
+    assert found == {len(nb.cells) - 1: 6}
+    text = json.dumps(cell.outputs)
+    assert secret not in text and text.count(HIDDEN_MARK) == 6
 
 
 def test_student_ids_keep_their_letters(tmp_path):
