@@ -708,21 +708,27 @@ def hidden_lines(nb) -> list:
     return sorted(keep, key=len, reverse=True)
 
 
-HIDDEN_MARK = '(hidden test)'
+HIDDEN_MARK = '(hidden)'
+_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
 
 
-def scrub_outputs(nb, lines, tracebacks_of_tests=True) -> dict:
+def scrub_outputs(nb, lines, tracebacks_of_tests=True, count_errors=True) -> dict:
     """Replace every hidden-test line in every output of every cell (streams, rich data, error messages and
     tracebacks) by HIDDEN_MARK; `tracebacks_of_tests=False` leaves the graded cells' own tracebacks (the grader
-    sees where a test failed). Returns {cell index: lines replaced}."""
+    sees where a test failed). Returns {cell index: lines replaced} (`count_errors=False`: not counting those
+    replaced in error messages and tracebacks)."""
     found = {}
 
-    def scrub(text, index):
+    def scrub(text, index, count=True):
         if not isinstance(text, str):
             return text
+        if '\x1b' in text:                # a traceback's syntax colours would split a line: drop them if needed
+            plain = _ANSI.sub('', text)
+            text = plain if any(line in plain for line in lines) else text
         for line in lines:
             if line in text:
-                found[index] = found.get(index, 0) + text.count(line)
+                if count:
+                    found[index] = found.get(index, 0) + text.count(line)
                 text = text.replace(line, HIDDEN_MARK)
         return text
     if not lines:
@@ -745,31 +751,67 @@ def scrub_outputs(nb, lines, tracebacks_of_tests=True) -> dict:
                         found[index] = found.get(index, 0) + len(hits)
                         out['data'][mime] = HIDDEN_MARK
             if out.get('output_type') == 'error':
-                out['evalue'] = scrub(out.get('evalue', ''), index)
+                out['evalue'] = scrub(out.get('evalue', ''), index, count_errors)
                 if tracebacks_of_tests or not _is(cell, 'grade'):
-                    out['traceback'] = [scrub(t, index) for t in out.get('traceback', [])]
+                    out['traceback'] = [scrub(t, index, count_errors) for t in out.get('traceback', [])]
     return found
 
 
-class ScrubHiddenTests(NbGraderPreprocessor):
-    """Autograding: no hidden-test line stays in any output (a submission can print what it read, or echo the
-    cells run after its own); the submission whose output held one is flagged. The graded cells' own tracebacks
-    are kept for the grader (the feedback reduces them, `HideHiddenTests`)."""
+_SECRETS = {}
+
+
+def course_secrets(root) -> list:
+    """The solution and hidden-test lines of every assignment in the course directory `root` (source/*/*.ipynb,
+    as the release and site leak checks count them): the reference package a grading kernel imports holds every
+    module's solutions, and a submission can print them. Read once per process while the notebooks are unchanged."""
+    from .notebooks import public_lines, secret_lines
+    paths = sorted(Path(root, 'source').glob('*/*.ipynb')) if root else []
+    key = tuple((str(p), p.stat().st_mtime_ns) for p in paths)
+    if key not in _SECRETS:
+        nbs = [nbformat.read(p, as_version=4) for p in paths]
+        public = set().union(*(public_lines(nb) for nb in nbs)) if nbs else set()
+        found = set().union(*(secret_lines(nb, public) for nb in nbs)) if nbs else set()
+        _SECRETS.clear()
+        _SECRETS[key] = sorted(found, key=len, reverse=True)
+    return _SECRETS[key]
+
+
+class _Scrubbing(NbGraderPreprocessor):
+    course_root = Unicode('', help="the course directory (its source/ notebooks' solution lines are scrubbed too; "
+                                   "default: Restructure's)").tag(config=True)
+
+    def secrets(self, nb):
+        "(hidden-test lines of this notebook, the course's solution lines that are not among them)"
+        hidden = hidden_lines(nb)
+        root = self.course_root or self.config.get('Restructure', {}).get('course_root', '')
+        return hidden, [l for l in course_secrets(root) if l not in set(hidden)]
+
+
+class ScrubHiddenTests(_Scrubbing):
+    """Autograding: no hidden-test line, and no solution line of any module, stays in any output (a submission can
+    print what it read, echo the cells run after its own, or print the reference package's source). The
+    submission whose output held a hidden-test line, or printed solution lines (outside error tracebacks, which
+    show the student's own code), is flagged. The graded cells' own tracebacks are kept for the grader (the
+    feedback reduces them, `HideHiddenTests`)."""
 
     def preprocess(self, nb, resources):
-        for index, n in scrub_outputs(nb, hidden_lines(nb), tracebacks_of_tests=False).items():
+        hidden, solutions = self.secrets(nb)
+        for index, n in scrub_outputs(nb, hidden, tracebacks_of_tests=False).items():
             add_flag(nb, f'the output of {describe(nb.cells, index)} held hidden-test lines ({n}): removed')
+        for index, n in scrub_outputs(nb, solutions, tracebacks_of_tests=False, count_errors=False).items():
+            add_flag(nb, f"the output of {describe(nb.cells, index)} held lines of the course's solutions ({n}): "
+                         'removed')
         return nb, resources
 
 
-class HideHiddenTests(NbGraderPreprocessor):
+class HideHiddenTests(_Scrubbing):
     """Feedback: hidden tests' code replaced by a comment, tracebacks of test cells reduced to their message, and
-    every output of every cell scrubbed of hidden-test lines."""
+    every output of every cell scrubbed of hidden-test and solution lines."""
 
     def preprocess(self, nb, resources):
-        lines = hidden_lines(nb)
+        hidden, solutions = self.secrets(nb)
         nb, resources = super().preprocess(nb, resources)
-        scrub_outputs(nb, lines)
+        scrub_outputs(nb, hidden + solutions)
         return nb, resources
 
     def preprocess_cell(self, cell, resources, cell_index):

@@ -8,7 +8,8 @@
 
 nbgrader runs in-process (its import and its gradebook creation are the slow parts of the `nbgrader` command);
 autograding uses one process per core, each grading one submission at a time, against the one gradebook (its
-sessions are serialised with a file lock). The grading plug-ins are in coursetools/autograding.py.
+sessions are serialised with a file lock). The grading plug-ins are in coursetools/autograding.py; every grading
+kernel runs in the sandbox of coursetools/sandbox.py (`preflight` checks it can, before anything is graded).
 """
 import csv
 import html

@@ -585,6 +585,8 @@ def _attacks(course_dir, port):
                 "big = np.empty(20 * 2**30, dtype=np.uint8)\nprint('allocated 20 GB')"],
         'caller': [f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)\n"
                    "s.sendall(b'hello from a grading kernel')\nprint('connected')"],
+        # an untouched notebook that prints the reference package (every module's solutions): graded 0
+        'copier': ["import inspect, tinytorch.tensor\nprint(inspect.getsource(tinytorch.tensor))"],
     }
 
 
@@ -609,7 +611,7 @@ def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
     listener.setblocking(False)
     attacks = _attacks(course_dir, listener.getsockname()[1])
     for student, cells in attacks.items():
-        nb = nbformat.read(solved, as_version=4)
+        nb = nbformat.read(course_dir / 'release' / A / f'{A}.ipynb' if student == 'copier' else solved, as_version=4)
         for code in reversed(cells):
             _add_after(nb, 'test_00_01_unbroadcast', code)
         nbformat.write(nb, tmp_path / f'{student}.ipynb')
@@ -629,9 +631,10 @@ def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
     expect = {'forger': 'tried to open the database', 'planter': 'tried to write outside its folder',
               'leaker': 'held hidden-test lines', 'forkbomb': 'started processes', 'hog': 'ran out of memory',
               'caller': 'tried to connect a socket'}
+    expect['copier'] = "held lines of the course's solutions"
     for student, flag in expect.items():
         s = subs[student]
-        assert s['graded'] and s['score'] == full, (student, s['score'], s['flags'])
+        assert s['graded'] and s['score'] == (0 if student == 'copier' else full), (student, s['score'], s['flags'])
         assert any(flag in f for f in s['flags']), (student, flag, s['flags'])
     assert any('tried to read outside its folder' in f and 'source' in f for f in subs['leaker']['flags'])
     out = {student: _outputs(course_dir, student) for student in attacks}
@@ -647,6 +650,8 @@ def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
     hidden = hidden_test_lines()
     assert not [h for h in hidden if h in out['leaker']], 'hidden tests left in an output of the graded notebook'
     assert 'seen: [] []' in out['leaker'], out['leaker'][-300:]     # no course, no repository, nothing of the home
+    secrets = secret_lines(load(ROOT / 'nbs' / f'{A}.ipynb'))      # solutions and hidden tests
+    assert 'class Tensor' in out['copier'] and not [l for l in secrets if l in out['copier']]
 
     (course_dir / 'source' / A / 'numpy.py').write_text('raise ImportError("planted")\n')   # as if planted earlier
     victim = course.autograde(course_dir, A, students=[VICTIM], jobs=0, log=lambda *_: None)['submissions'][VICTIM]
@@ -656,11 +661,15 @@ def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
         grades = [g for sid in list(attacks) + [VICTIM] for nb in gb.find_submission(A, sid).notebooks
                   for g in nb.grades]
         assert grades and all(g.manual_score is None for g in grades)
-        assert all(float(gb.find_submission(A, sid).score) == full for sid in list(attacks) + [VICTIM])
+        assert all(float(gb.find_submission(A, sid).score) == (0 if sid == 'copier' else full)
+                   for sid in list(attacks) + [VICTIM])
     pages = course.feedback(course_dir, A, log=lambda *_: None)
     assert set(pages) == set(attacks) | {VICTIM}
     assert_no_hidden_tests_in_feedback(course_dir)
     assert 'held hidden-test lines' in html_text(pages['leaker'])
+    import html
+    copier = html.unescape(re.sub(r'<[^>]+>', '', Path(pages['copier']).read_text()))
+    assert 'class Tensor' in copier and not [l for l in secrets if l in copier]
     rows = {r['student']: r for r in csv.DictReader(course.grades(course_dir, log=lambda *_: None).open())}
     assert float(rows[VICTIM]['total']) == full and float(rows['forger']['total']) == full
     assert 'tried to open the database' in rows['forger']['flags']
