@@ -369,11 +369,12 @@ def _course_notebooks(release_path: Path, source_path: Path):
 
 def grading_env(threads: int = 1) -> dict:
     """The kernel's environment when grading: no PYTHONPATH or user site (so `tinytorch` is the reference package
-    and a student's own package cannot shadow it), no nbdev export from the notebook's last cell, BLAS threads
-    fixed (several kernels run at once; results do not depend on the thread count)."""
+    and a student's own package cannot shadow it), no nbdev export from the notebook's last cell, no bytecode
+    written (the packages are read-only in the sandbox: a write there would be flagged), BLAS threads fixed
+    (several kernels run at once; results do not depend on the thread count)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ('PYTHONPATH', 'PYTHONHOME', 'PYTHONSTARTUP', 'PYTHONUSERBASE')}
-    env.update(IN_TEST='1', PYTHONNOUSERSITE='1', MPLBACKEND='Agg', PYTHONHASHSEED='0',
+    env.update(IN_TEST='1', PYTHONNOUSERSITE='1', MPLBACKEND='Agg', PYTHONHASHSEED='0', PYTHONDONTWRITEBYTECODE='1',
                OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return env
 
@@ -384,8 +385,8 @@ def sandbox_env(threads: int = 1) -> dict:
     env = {k: os.environ[k] for k in ('PATH', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TZ') if k in os.environ}
     env['PATH'] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
     env.update({k: v for k, v in grading_env(threads).items() if k not in os.environ or k in (
-        'IN_TEST', 'PYTHONNOUSERSITE', 'MPLBACKEND', 'PYTHONHASHSEED', 'OMP_NUM_THREADS', 'OPENBLAS_NUM_THREADS',
-        'MKL_NUM_THREADS')})
+        'IN_TEST', 'PYTHONNOUSERSITE', 'MPLBACKEND', 'PYTHONHASHSEED', 'PYTHONDONTWRITEBYTECODE', 'OMP_NUM_THREADS',
+        'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')})
     return env
 
 

@@ -637,6 +637,7 @@ def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
         assert s['graded'] and s['score'] == (0 if student == 'copier' else full), (student, s['score'], s['flags'])
         assert any(flag in f for f in s['flags']), (student, flag, s['flags'])
     assert any('tried to read outside its folder' in f and 'source' in f for f in subs['leaker']['flags'])
+    assert len(subs['copier']['flags']) == 1, subs['copier']['flags']   # importing the package is no attempt
     out = {student: _outputs(course_dir, student) for student in attacks}
     assert 'forged' not in out['forger']
     assert 'planted in' not in out['planter'] and out['planter'].count('refused') == 2
