@@ -34,7 +34,9 @@ collect: setup  ## submissions of assignment A (e.g. 00_tensor) from an LMS expo
 	$(need-course)
 	$(BIN)/python -m coursetools collect $(COURSE) $(A) $(FROM) $(if $(ID_REGEX),--id-regex '$(ID_REGEX)')
 
-grade: setup  ## autograde assignment A on all cores, then feedback HTML and COURSE/grades.csv
+# Every grading kernel runs in a bubblewrap sandbox: without bwrap, `grade` stops before grading (apt-get install
+# bubblewrap). UNSAFE_NO_SANDBOX=1 grades anyway, flagging every submission "graded without a sandbox".
+grade: setup  ## autograde assignment A on all cores (each kernel sandboxed), then feedback HTML and COURSE/grades.csv
 	$(need-course)
 	$(BIN)/python -m coursetools autograde $(COURSE) $(A)
 	$(BIN)/python -m coursetools feedback $(COURSE) $(A)
@@ -44,8 +46,9 @@ formgrader: setup  ## JupyterLab in COURSE, with nbgrader's formgrader (Nbgrader
 	$(need-course)
 	cd $(COURSE) && $(abspath $(BIN))/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root)
 
-grading-figures: setup  ## seconds per submission per module, and the speed-up of grading on 2 processes
+grading-figures: setup  ## seconds per submission per module, the speed-up of 2 processes, the sandbox's cost (module 00)
 	$(BIN)/python -m coursetools grading-bench --students 4 --jobs 1 2
+	$(BIN)/python -m coursetools grading-bench --modules 00 --students 4 --jobs 1 --sandbox 5
 
 docs: setup  ## the student docs site -> _site/ (offline; executed notebooks cached in _docs_cache/; leak-checked)
 	$(BIN)/python -m coursetools docs --out _site

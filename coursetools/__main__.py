@@ -42,6 +42,8 @@ def main(argv=None):
     bn.add_argument('--students', type=int, default=4)
     bn.add_argument('--jobs', type=int, nargs='+', default=[1, 2])
     bn.add_argument('--out', help='write the figures as JSON here')
+    bn.add_argument('--sandbox', type=int, default=0, metavar='ROUNDS',
+                    help='instead: the cost of the sandbox, ROUNDS alternating rounds with and without it')
     args = parser.parse_args(argv)
     if args.command == 'release':
         from .release import kit_stubs, release
@@ -73,17 +75,24 @@ def _course(args):
             state = f"graded from {r['file']}" if r['gradable'] else 'NOT gradable'
             print(f"{sid}: {state}" + (f"  ({'; '.join(r['flags'])})" if r['flags'] else ''))
     elif args.command == 'autograde':
-        course.autograde(args.course, args.assignment, students=args.student, jobs=args.jobs)
+        from .sandbox import SandboxUnavailable
+        try:
+            course.autograde(args.course, args.assignment, students=args.student, jobs=args.jobs)
+        except SandboxUnavailable as e:
+            import sys
+            print(e, file=sys.stderr)
+            return 2
     elif args.command == 'feedback':
         course.feedback(args.course, args.assignment)
     elif args.command == 'grades':
         course.grades(args.course, args.out)
     elif args.command == 'grading-bench':
-        figures = course.bench(args.modules, students=args.students, jobs=tuple(args.jobs), nbs=args.nbs)
+        figures = course.bench(args.modules, students=args.students, jobs=tuple(args.jobs), nbs=args.nbs,
+                               sandbox_rounds=args.sandbox)
         if args.out:
             with open(args.out, 'w') as f:
                 json.dump(figures, f, indent=1)
 
 
 if __name__ == '__main__':
-    main()
+    raise SystemExit(main())

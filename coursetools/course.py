@@ -8,7 +8,8 @@
 
 nbgrader runs in-process (its import and its gradebook creation are the slow parts of the `nbgrader` command);
 autograding uses one process per core, each grading one submission at a time, against the one gradebook (its
-sessions are serialised with a file lock). The grading plug-ins are in coursetools/autograding.py.
+sessions are serialised with a file lock). The grading plug-ins are in coursetools/autograding.py; every grading
+kernel runs in the sandbox of coursetools/sandbox.py (`preflight` checks it can, before anything is graded).
 """
 import csv
 import html
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unicodedata
 import zipfile
 from pathlib import Path
 
@@ -199,15 +201,23 @@ def init(root, nbs=ROOT / 'nbs', timeout=None, kit=True) -> dict:
 
 # ---------------------------------------------------------------------------------------------- collect
 
+# What a student id cannot hold: it is a folder name and part of nbgrader's glob patterns (control characters,
+# path separators, glob's wildcards, characters other systems forbid in file names).
+_NOT_IN_ID = re.compile(r'[\x00-\x1f\x7f/\\*?\[\]<>:"|]+')
+
+
 def student_id(folder_name: str, id_regex=None) -> str:
     """A student id nbgrader can use in paths and patterns, from an LMS folder name: the first group of `id_regex`
-    (or its match), else the folder name less Moodle's `_assignsubmission_file_`; letters, digits, `_.-` only."""
+    (or its match), else the folder name less Moodle's `_assignsubmission_file_`; Unicode normalised (NFC, so
+    the same name typed two ways is one id), letters of every script kept (`Zoë Ünal-Ørsted 李`), only what a
+    path or a pattern cannot hold replaced by `_`."""
     name = re.sub(r'_assignsubmission_\w*$', '', folder_name)      # Moodle's folder suffix
     if id_regex:
         m = re.search(id_regex, folder_name)
         if m:
             name = m.group(1) if m.groups() else m.group(0)
-    sid = re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('_.-')
+    sid = _NOT_IN_ID.sub('_', unicodedata.normalize('NFC', name))
+    sid = re.sub(r'\s+', ' ', sid).strip(' _.-')
     return sid or 'student'
 
 
@@ -326,6 +336,23 @@ def reference_package(threads: int = 1) -> str:
     return path
 
 
+def preflight(log=print) -> bool:
+    """Before grading anything: True when grading kernels can run in the sandbox (coursetools/sandbox.py); False
+    when the instructor opted out (UNSAFE_NO_SANDBOX=1, every submission is then flagged); raises
+    SandboxUnavailable, saying why and how to install bubblewrap, otherwise."""
+    from . import sandbox
+    if sandbox.disabled():
+        log(f'{sandbox.OPT_OUT}=1: grading WITHOUT a sandbox; every submission is flagged "graded without a sandbox"')
+        return False
+    why = sandbox.check()
+    if why:
+        raise sandbox.SandboxUnavailable(
+            f'not grading: {why}.\nEvery grading kernel runs in a bubblewrap sandbox, so that a submission cannot '
+            f'read the hidden tests or change the gradebook. To grade anyway, without it (every submission is '
+            f'flagged "graded without a sandbox"), set {sandbox.OPT_OUT}=1.')
+    return True
+
+
 _WORKER = {}
 
 
@@ -370,7 +397,9 @@ def autograde(root, assignment, students=None, jobs=None, log=print) -> dict:
     record_path = root / 'reports' / f'{assignment}.collect.json'
     collected = json.loads(record_path.read_text()) if record_path.exists() else {}
     ref = reference_package()
-    log(f'autograding {len(todo)} submissions of {assignment} with {max(jobs, 1)} processes; tinytorch = {ref}')
+    sandboxed = preflight(log)
+    log(f'autograding {len(todo)} submissions of {assignment} with {max(jobs, 1)} processes; tinytorch = {ref}; '
+        + ('each kernel in a bubblewrap sandbox' if sandboxed else 'WITHOUT a sandbox'))
     results = {}
     start = time.perf_counter()
     gradable = [s for s, ok in todo.items() if ok]
@@ -424,7 +453,7 @@ def autograde(root, assignment, students=None, jobs=None, log=print) -> dict:
                 'score': sum(scores.values()), 'max_score': float(sub.max_score), 'cells': scores,
                 'seconds': r['seconds'] if r else 0.0, 'graded': bool(r and r['success']), 'flags': flags}
     grading = (max(r['end'] for r in results.values()) - min(r['start'] for r in results.values())) if results else 0.0
-    report.update(assignment=assignment, notebook=nb_name, jobs=jobs, wall_seconds=round(wall, 2),
+    report.update(assignment=assignment, notebook=nb_name, jobs=jobs, wall_seconds=round(wall, 2), sandbox=sandboxed,
                   grading_seconds=round(grading, 2),
                   graded=len(results), seconds_per_submission=round(
                       sum(r['seconds'] for r in results.values()) / len(results), 2) if results else 0.0)
@@ -524,9 +553,13 @@ def grades(root, out=None, log=print) -> Path:
 
 # ---------------------------------------------------------------------------------------------- figures
 
-def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', log=print) -> dict:
+def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', log=print, sandbox_rounds=0) -> dict:
     """Grading figures: for each module, `students` copies of a solved submission autograded with each of `jobs`
-    processes. Returns {module: {jobs: {'wall', 'per_submission'}}}."""
+    processes. Returns {module: {jobs: {'wall', 'per_submission'}}}. `sandbox_rounds` > 0: instead, the cost of
+    the sandbox: that many rounds, each grading the copies with the sandbox and without (UNSAFE_NO_SANDBOX=1),
+    in alternating order, on `jobs[0]` processes; {module: {'sandbox': [...], 'none': [...], 'overhead'}}."""
+    if sandbox_rounds:
+        return _bench_sandbox(modules, students, jobs[0], nbs, log, sandbox_rounds)
     from .notebooks import fill_solutions
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -555,4 +588,47 @@ def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', log=print) ->
                 for j in jobs[1:]:
                     log(f"{a}: speed-up with {j} processes: {base['wall'] / figures[a][j]['wall']:.2f}x wall, "
                         f"{base['grading'] / figures[a][j]['grading']:.2f}x grading")
+    return figures
+
+
+def _bench_sandbox(modules, students, jobs, nbs, log, rounds) -> dict:
+    from .notebooks import fill_solutions
+    from .sandbox import OPT_OUT
+    figures = {}
+    saved = os.environ.get(OPT_OUT)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / 'course'
+        notebooks = [p for p in course_notebooks(Path(nbs)) if not modules or p.stem[:2] in modules or p.stem in modules]
+        init(root, nbs=nbs, kit=False)
+        try:
+            for path in notebooks:
+                a = path.stem
+                solved = fill_solutions(nbformat.read(root / 'release' / a / path.name, as_version=4),
+                                        nbformat.read(path, as_version=4))
+                for i in range(students):
+                    dest = root / 'submitted' / f's{i:02d}' / a
+                    dest.mkdir(parents=True, exist_ok=True)
+                    nbformat.write(solved, dest / path.name)
+                seconds = {'sandbox': [], 'none': []}
+                for k in range(rounds):
+                    for mode in (('sandbox', 'none') if k % 2 == 0 else ('none', 'sandbox')):
+                        if mode == 'none':
+                            os.environ[OPT_OUT] = '1'
+                        else:
+                            os.environ.pop(OPT_OUT, None)
+                        r = autograde(root, a, jobs=jobs, log=lambda *_: None)
+                        assert all(s['score'] == s['max_score'] for s in r['submissions'].values()), r
+                        seconds[mode] += [s['seconds'] for s in r['submissions'].values()]
+                mean = {m: sum(v) / len(v) for m, v in seconds.items()}
+                overhead = mean['sandbox'] / mean['none'] - 1
+                figures[a] = {'sandbox': seconds['sandbox'], 'none': seconds['none'], 'mean': mean,
+                              'overhead': overhead, 'jobs': jobs, 'rounds': rounds, 'students': students}
+                log(f"{a}: {mean['sandbox']:.2f} s per submission in the sandbox, {mean['none']:.2f} s without "
+                    f"({overhead * 100:+.1f}%; {rounds} alternating rounds of {students} submissions, "
+                    f"{jobs} process(es))")
+        finally:
+            if saved is None:
+                os.environ.pop(OPT_OUT, None)
+            else:
+                os.environ[OPT_OUT] = saved
     return figures

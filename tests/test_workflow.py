@@ -769,20 +769,41 @@ def check_rerun_gives_the_same_grades(batch, course_dir):
         assert report['submissions'][s]['flags'] == first[s]['flags'], s
 
 
-def check_feedback_without_hidden_tests(batch, course_dir):
-    pages = course.feedback(course_dir, A, log=lambda *_: None)
-    assert set(pages) == set(batch['report']['submissions'])
+def hidden_test_lines():
+    "Hidden-test lines of module 00 that no visible line contains (what a leak check looks for)."
     source_nb = load(ROOT / 'nbs' / f'{A}.ipynb')
     shown = '\n'.join(public_lines(source_nb))   # a hidden line that is part of a visible one is no secret
     hidden = [l.strip() for region in hidden_tests(source_nb) for l in region.splitlines()
               if len(l.strip()) > 12 and not l.strip().startswith('#') and l.strip() not in shown]
     assert hidden, 'no hidden-test line to look for'
+    return hidden
+
+
+def assert_no_hidden_tests_in_feedback(course_dir):
+    "Every feedback file generated in the course directory, as a student reads it: no hidden-test line."
     import html
-    for sid, page in pages.items():
-        text = html.unescape(re.sub(r'<[^>]+>', '', Path(page).read_text()))
-        assert not [h for h in hidden if h in text], f'hidden tests in the feedback of {sid}'
+    hidden = hidden_test_lines()
+    files = [p for p in (course_dir / 'feedback').rglob('*') if p.is_file()]
+    assert files, 'no feedback generated'
+    for page in files:
+        raw = page.read_text(errors='replace')
+        text = html.unescape(re.sub(r'<[^>]+>', '', raw))
+        leaked = [h for h in hidden if h in text or h in html.unescape(raw)]
+        assert not leaked, f'hidden tests in the feedback file {page}: {leaked[:3]}'
+    return files
+
+
+def check_feedback_without_hidden_tests(batch, course_dir):
+    pages = course.feedback(course_dir, A, log=lambda *_: None)
+    assert set(pages) == set(batch['report']['submissions'])
+    assert_no_hidden_tests_in_feedback(course_dir)
     assert 'not valid JSON' in Path(pages['invalid_json']).read_text()
-    assert 'kernel died' in html.unescape(Path(pages['crash']).read_text())
+    assert 'kernel died' in html_text(pages['crash'])
+
+
+def html_text(page) -> str:
+    import html
+    return html.unescape(Path(page).read_text())
 
 
 def check_grades_csv(batch, course_dir):
@@ -840,6 +861,226 @@ def test_time_limits_of_a_grading_kernel(tmp_path):
     assert [o.ename for o in nb.cells[3].outputs] == ['NotRun']
     found = flags(nb)
     assert any('ran longer than 2 s' in f for f in found) and any('longer than 3 s in all' in f for f in found), found
+
+
+# ---------------------------------------------------------------------------------------------- the grading sandbox
+
+VICTIM = 'Zoë Ünal-Ørsted 李'          # an honest student graded after the attackers (a Unicode id, end to end)
+
+
+def _attacks(course_dir, port):
+    """{student: cells added after test_00_01_unbroadcast of a solved notebook}: the attacks of issue 12, each
+    bounded if the sandbox fails (at most 300 forks, address space reserved and never touched, loopback only)."""
+    course = str(course_dir)
+    seen = [course, str(ROOT / 'nbs'), str(ROOT / 'tests'), str(ROOT / 'README.md')]   # none is in the sandbox
+    return {
+        'forger': [f"import sqlite3\ndb = sqlite3.connect({course + '/gradebook.db'!r})\n"
+                   "db.execute('UPDATE grade SET manual_score = max_score')\ndb.commit()\nprint('forged')"],
+        'planter': [f"for d in [{course + '/source/' + A!r}, {course + '/submitted/' + VICTIM + '/' + A!r}]:\n"
+                    "    try:\n"
+                    "        open(d + '/numpy.py', 'w').write('raise ImportError(\"planted\")\\n')\n"
+                    "        print('planted in', d)\n"
+                    "    except OSError as e:\n"
+                    "        print('refused', type(e).__name__)"],
+        'leaker': [f"print(open({course + '/source/' + A + '/' + A + '.ipynb'!r}).read())",
+                   "print('\\n'.join(In))",             # IPython's history: the tests run before this cell
+                   "import os\nprint('seen:', [p for p in " + repr(seen) + " if os.path.exists(p)], "
+                   "sorted(set(os.listdir(" + repr(str(Path.home())) + ")) - {'.pyenv'}))"],
+        'forkbomb': ["import os, time\npids = []\nfor i in range(300):\n    try:\n        pid = os.fork()\n"
+                     "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(30)\n        os._exit(0)\n"
+                     "    pids.append(pid)\nprint('forked', len(pids))\nfor pid in pids:\n    os.kill(pid, 9)\n"
+                     "    os.waitpid(pid, 0)"],
+        'hog': ["import mmap\nm = mmap.mmap(-1, 20 * 2**30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | "
+                "getattr(mmap, 'MAP_NORESERVE', 0x4000))   # address space only: never touched\nprint('mapped 20 GB')",
+                "big = np.empty(20 * 2**30, dtype=np.uint8)\nprint('allocated 20 GB')"],
+        'caller': [f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)\n"
+                   "s.sendall(b'hello from a grading kernel')\nprint('connected')"],
+        # an untouched notebook that prints the reference package (every module's solutions): graded 0
+        'copier': ["import inspect, tinytorch.tensor\nprint(inspect.getsource(tinytorch.tensor))"],
+    }
+
+
+def _outputs(course_dir, student) -> str:
+    nb = nbformat.read(course_dir / 'autograded' / student / A / f'{A}.ipynb', as_version=4)
+    return '\n'.join(o.get('text', '') + o.get('evalue', '') for c in nb.cells if c.cell_type == 'code'
+                     for o in c.get('outputs', []))
+
+
+@pytest.mark.slow
+def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
+    """Issue 12's attacks, each a submission that also solves everything: the forged gradebook row, the planted
+    `numpy.py`, the printed hidden tests, the write into another student's folder, a fork bomb, a 20 GB
+    allocation, a socket to 127.0.0.1. Each graded with the full score its honest part earns, flagged with what
+    it tried; the attack failed; the batch completes; an honest student graded after them keeps full marks; the
+    gradebook holds only the autograder's scores; no feedback file holds a hidden-test line."""
+    course_dir = small_course(tmp_path, [A])
+    solved = solved_kit[0] / 'nbs' / f'{A}.ipynb'
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    attacks = _attacks(course_dir, listener.getsockname()[1])
+    for student, cells in attacks.items():
+        nb = nbformat.read(course_dir / 'release' / A / f'{A}.ipynb' if student == 'copier' else solved, as_version=4)
+        for code in reversed(cells):
+            _add_after(nb, 'test_00_01_unbroadcast', code)
+        nbformat.write(nb, tmp_path / f'{student}.ipynb')
+        _submit(course_dir, A, student, tmp_path / f'{student}.ipynb')
+    _submit(course_dir, A, VICTIM, solved)
+    victim_files = sorted(p.name for p in (course_dir / 'submitted' / VICTIM / A).iterdir())
+    source_files = sorted(p.name for p in (course_dir / 'source' / A).iterdir())
+    try:
+        report = course.autograde(course_dir, A, students=list(attacks), jobs=2, log=lambda *_: None)
+        with pytest.raises(BlockingIOError):       # nobody connected to the host's loopback
+            listener.accept()
+    finally:
+        listener.close()
+    full = points()
+    subs = report['submissions']
+    assert report['sandbox'] is True and set(subs) == set(attacks)
+    expect = {'forger': 'tried to open the database', 'planter': 'tried to write outside its folder',
+              'leaker': 'held hidden-test lines', 'forkbomb': 'started processes', 'hog': 'ran out of memory',
+              'caller': 'tried to connect a socket'}
+    expect['copier'] = "held lines of the course's solutions"
+    for student, flag in expect.items():
+        s = subs[student]
+        assert s['graded'] and s['score'] == (0 if student == 'copier' else full), (student, s['score'], s['flags'])
+        assert any(flag in f for f in s['flags']), (student, flag, s['flags'])
+    assert any('tried to read outside its folder' in f and 'source' in f for f in subs['leaker']['flags'])
+    assert len(subs['copier']['flags']) == 1, subs['copier']['flags']   # importing the package is no attempt
+    out = {student: _outputs(course_dir, student) for student in attacks}
+    assert 'forged' not in out['forger']
+    assert 'planted in' not in out['planter'] and out['planter'].count('refused') == 2
+    assert sorted(p.name for p in (course_dir / 'source' / A).iterdir()) == source_files
+    assert sorted(p.name for p in (course_dir / 'submitted' / VICTIM / A).iterdir()) == victim_files
+    forked = re.search(r'forked (\d+)', out['forkbomb'])
+    assert forked and int(forked.group(1)) < 100, out['forkbomb'][-500:]     # the sandbox allows 64 tasks
+    assert 'mapped 20 GB' not in out['hog'] and 'allocated 20 GB' not in out['hog']
+    assert len([f for f in subs['hog']['flags'] if 'ran out of memory' in f]) == 2, subs['hog']['flags']
+    assert 'connected' not in out['caller']
+    hidden = hidden_test_lines()
+    assert not [h for h in hidden if h in out['leaker']], 'hidden tests left in an output of the graded notebook'
+    assert 'seen: [] []' in out['leaker'], out['leaker'][-300:]     # no course, no repository, nothing of the home
+    secrets = secret_lines(load(ROOT / 'nbs' / f'{A}.ipynb'))      # solutions and hidden tests
+    assert 'class Tensor' in out['copier'] and not [l for l in secrets if l in out['copier']]
+
+    (course_dir / 'source' / A / 'numpy.py').write_text('raise ImportError("planted")\n')   # as if planted earlier
+    victim = course.autograde(course_dir, A, students=[VICTIM], jobs=0, log=lambda *_: None)['submissions'][VICTIM]
+    assert victim['score'] == full, victim
+    assert any('`numpy.py`' in f for f in victim['flags']), victim['flags']
+    with course.gradebook(course_dir) as gb:           # only the autograder's scores, for every student
+        grades = [g for sid in list(attacks) + [VICTIM] for nb in gb.find_submission(A, sid).notebooks
+                  for g in nb.grades]
+        assert grades and all(g.manual_score is None for g in grades)
+        assert all(float(gb.find_submission(A, sid).score) == (0 if sid == 'copier' else full)
+                   for sid in list(attacks) + [VICTIM])
+    pages = course.feedback(course_dir, A, log=lambda *_: None)
+    assert set(pages) == set(attacks) | {VICTIM}
+    assert_no_hidden_tests_in_feedback(course_dir)
+    assert 'held hidden-test lines' in html_text(pages['leaker'])
+    import html
+    copier = html.unescape(re.sub(r'<[^>]+>', '', Path(pages['copier']).read_text()))
+    assert 'class Tensor' in copier and not [l for l in secrets if l in copier]
+    rows = {r['student']: r for r in csv.DictReader(course.grades(course_dir, log=lambda *_: None).open())}
+    assert float(rows[VICTIM]['total']) == full and float(rows['forger']['total']) == full
+    assert 'tried to open the database' in rows['forger']['flags']
+
+
+@pytest.mark.slow
+def test_unsafe_no_sandbox_flags_every_submission(solved_kit, tmp_path, monkeypatch):
+    """UNSAFE_NO_SANDBOX=1 grades without the sandbox and flags every submission "graded without a sandbox": in
+    the report, the CSV and the gradebook (the formgrader shows the notebook flagged, with the note on top)."""
+    course_dir = small_course(tmp_path, [A])
+    _submit(course_dir, A, 'honest', solved_kit[0] / 'nbs' / f'{A}.ipynb')
+    monkeypatch.setenv('UNSAFE_NO_SANDBOX', '1')
+    report = course.autograde(course_dir, A, jobs=0, log=lambda *_: None)
+    s = report['submissions']['honest']
+    assert report['sandbox'] is False and s['score'] == points()
+    assert [f for f in s['flags'] if 'graded without a sandbox' in f] == s['flags'] != []
+    row = next(csv.DictReader(course.grades(course_dir, log=lambda *_: None).open()))
+    assert 'graded without a sandbox' in row['flags']
+    with course.gradebook(course_dir) as gb:
+        assert all(nb.flagged for nb in gb.find_submission(A, 'honest').notebooks)
+    graded = nbformat.read(course_dir / 'autograded' / 'honest' / A / f'{A}.ipynb', as_version=4)
+    assert 'graded without a sandbox' in graded.cells[0].source
+
+
+def test_no_bwrap_stops_before_grading(tmp_path):
+    """Without bwrap, `python -m coursetools autograde` (the first step of `make grade`) grades nothing: it exits
+    non-zero saying why and how to install bubblewrap."""
+    course_dir = small_course(tmp_path, [A])
+    _submit(course_dir, A, 'honest', course_dir / 'release' / A / f'{A}.ipynb')
+    env = {k: v for k, v in os.environ.items() if k != 'UNSAFE_NO_SANDBOX'}
+    env['PATH'] = str(tmp_path / 'empty')              # no bwrap on the path
+    r = subprocess.run([sys.executable, '-m', 'coursetools', 'autograde', str(course_dir), A], cwd=ROOT, env=env,
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert 'apt-get install bubblewrap' in r.stderr and 'UNSAFE_NO_SANDBOX=1' in r.stderr
+    assert not (course_dir / 'autograded').exists()
+    from coursetools import sandbox
+    assert sandbox.check() == '', 'bwrap is installed here and should start'
+
+
+def test_audit_records_become_flags():
+    "What the audit hook records (coursetools/guard.py) becomes flags; anything else in the channel is flagged too."
+    from coursetools.autograding import audit_flags
+    records = [{'event': 'open', 'path': f'/c/source/{i}'} for i in range(5)] + [
+        {'event': 'write', 'path': '/c/gradebook.db'}, {'event': 'connect', 'address': "('127.0.0.1', 80)"},
+        {'event': 'process', 'how': 'os.fork', 'what': "''"}, {'event': 'process', 'how': 'os.fork'},
+        {'event': 'sys.addaudithook'}, 'not json', {'event': 'end'}]
+    found = audit_flags(records, sandboxed=True, completed=True, max_processes=64)
+    assert found[0] == 'tried to read outside its folder: `/c/source/0`, `/c/source/1`, `/c/source/2` (and 2 more)' \
+        ': the sandbox stopped it'
+    assert found[1:] == ['tried to write outside its folder: `/c/gradebook.db`: the sandbox stopped it',
+                         "tried to connect a socket to `('127.0.0.1', 80)`: the sandbox has no network",
+                         'started processes (os.fork x2): at most 64 at once in the sandbox',
+                         "tried to add its own audit hook (which sees the tests' code): refused",
+                         "wrote into the grader's audit channel"]
+    assert audit_flags([{'event': 'end'}], True, True, 64) == []
+    assert audit_flags([], True, False, 64) == []            # the kernel died: no end marker expected
+    assert 'closed or silenced' in audit_flags([], True, True, 64)[0]
+    assert 'without a sandbox' in audit_flags([{'event': 'write', 'path': '/x'}], False, True, 64)[0]
+
+
+def test_hidden_lines_are_scrubbed_from_every_output():
+    "Every kind of output of every cell, and only hidden lines that are not visible elsewhere in the course."
+    from coursetools.autograding import HIDDEN_MARK, hidden_lines, scrub_outputs
+    nb = nbformat.read(ROOT / 'nbs' / f'{A}.ipynb', as_version=4)
+    lines = hidden_lines(nb)
+    assert set(lines) == set(hidden_test_lines())
+    secret = lines[0]
+    cell = nbformat.v4.new_code_cell('print(leak)', outputs=[
+        nbformat.v4.new_output('stream', name='stdout', text=f'a\n{secret}\nb'),
+        nbformat.v4.new_output('execute_result', data={'text/plain': repr(secret), 'text/html': [secret]},
+                               execution_count=1),
+        nbformat.v4.new_output('display_data', data={'application/json': {'k': secret}}),
+        nbformat.v4.new_output('error', ename='E', evalue=secret, traceback=[f'  {secret}'])])
+    nb.cells.append(cell)
+    found = scrub_outputs(nb, lines)
+    assert found == {len(nb.cells) - 1: 6}
+    text = json.dumps(cell.outputs)
+    assert secret not in text and text.count(HIDDEN_MARK) == 6
+
+
+def test_student_ids_keep_their_letters(tmp_path):
+    """Student ids: NFC-normalised, letters of every script kept, only what a path or nbgrader's patterns cannot
+    hold replaced; two folders that give one id are flagged (collect)."""
+    import unicodedata
+    from coursetools.course import student_id
+    assert student_id('Zoë Ünal-Ørsted 李') == 'Zoë Ünal-Ørsted 李'
+    assert student_id(unicodedata.normalize('NFD', 'Zoë Ünal-Ørsted 李')) == 'Zoë Ünal-Ørsted 李'
+    assert student_id('Zoë Ünal-Ørsted 李_12345_assignsubmission_file_') == 'Zoë Ünal-Ørsted 李_12345'
+    assert student_id('a/b*c?[d]\x00e') == 'a_b_c_d_e'
+    assert student_id('..') == 'student' and student_id('  Anna   Maria ') == 'Anna Maria'
+    assert student_id('Ольга_7_assignsubmission_file_', r'^(.*)_\d+_assign') == 'Ольга'
+    course_dir = small_course(tmp_path, [A])
+    export = tmp_path / 'export'
+    for name in ('Zoë Ünal-Ørsted 李', unicodedata.normalize('NFD', 'Zoë Ünal-Ørsted 李')):
+        (export / name).mkdir(parents=True)
+        (export / name / 'notes.txt').write_text('nothing')
+    collected = course.collect(course_dir, A, export)
+    assert set(collected) == {'Zoë Ünal-Ørsted 李', 'Zoë Ünal-Ørsted 李_2'}
+    assert any('gives the same id' in f for f in collected['Zoë Ünal-Ørsted 李_2']['flags'])
 
 
 def _free_port():
