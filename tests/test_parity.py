@@ -1,6 +1,7 @@
 """Where tinytorch uses PyTorch's names it behaves like PyTorch: GELU's tanh approximation in the layers, weight
 sharing in the encoder-decoder, configuration checks that name the field. PyTorch is the oracle where installed."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -521,3 +522,14 @@ def test_decoder_layer_accepts_raw_arrays():
     np.testing.assert_allclose(layer(tgt, memory).data, layer(Tensor(tgt), Tensor(memory)).data, atol=1e-6)
     with pytest.raises(ValueError, match='memory must have shape'):
         layer(tgt, randn(2, 5, 4))
+
+
+@pytest.mark.parametrize('op', ['linear', 'layer_norm', 'dropout', 'cross_entropy (logits)'])
+@pytest.mark.parametrize('dtype', [np.bool_, np.int64])
+def test_layer_functions_name_the_dtype_they_need(op, dtype):
+    from tinytorch.nn import LayerNorm, Linear, cross_entropy, dropout
+    x = Tensor([[1, 0, 1]], dtype=dtype)
+    call = {'linear': lambda: Linear(3, 2)(x), 'layer_norm': lambda: LayerNorm(3)(x),
+            'dropout': lambda: dropout(x, 0.5), 'cross_entropy (logits)': lambda: cross_entropy(x, np.array([1]))}[op]
+    with pytest.raises(TypeError, match=re.escape(f'{op} needs a floating-point tensor, got dtype {np.dtype(dtype)}')):
+        call()
