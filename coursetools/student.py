@@ -582,11 +582,11 @@ def check(name: str, root=None, timeout: int = 300) -> dict:
                                'this notebook imports your latest code')
     if problem:
         report['hints'].append(problem)
-    nxt = next((r for r in report['exercises'] if r['status'] != 'passed'), None)
-    if nxt is not None and nxt['status'] == 'blocked':
-        report['hints'].append(f"next: Exercise {nxt['blocked_by']}, which Exercise {nxt['exercise']} needs")
-    elif nxt is not None:
-        report['hints'].append(f"next: Exercise {nxt['exercise']} ({nxt['status']})")
+    nxt = next((r for r in report['exercises'] + report['module_checks'] if r['status'] != 'passed'), None)
+    if nxt is not None:
+        name = f"Exercise {nxt['exercise']}" if nxt.get('exercise') else nxt['check']
+        report['hints'].append(f"next: Exercise {nxt['blocked_by']}, which {name} needs" if nxt['blocked_by']
+                               else f"next: {name} ({nxt['status']})")
     return report
 
 
