@@ -256,6 +256,15 @@ class _Notebook:
             elif nbgrader_meta(c).get('solution') and current:
                 self.solutions.setdefault(current, []).append(i)
 
+    def section(self, index) -> str:
+        "The heading of the section that cell `index` is in ('' before the first)."
+        for c in reversed(self.cells[:index]):
+            if c['cell_type'] == 'markdown':
+                found = re.findall(r'^#{1,4} (.+?)\s*$', source(c), re.MULTILINE)
+                if found:
+                    return found[-1]
+        return ''
+
     def is_student_code(self, index) -> bool:
         "A solution cell, or a cell the student added (no nbgrader metadata)."
         c = self.cells[index]
@@ -412,7 +421,7 @@ def classify(nb, module_prefix: str, root=None, catalogue=None) -> dict:
     checks = []
     for t in tests:
         if t['exercise'] is None:
-            checks.append(_verdict({'check': t['grade_id'], 'title': f"{first_line(book.cells[t['cell'] - 1])}"},
+            checks.append(_verdict({'check': t['grade_id'], 'title': book.section(t['cell'] - 1)},
                                    [t], book, catalogue, module_prefix))
     explained = {c for t in tests for c in causes.get(t['cell'] - 1, set()) if isinstance(c, int)}
     other = []
@@ -544,7 +553,7 @@ def render(report: dict) -> str:
     if report['module_checks']:
         lines.append(f"  checks of module {report['module']} as a whole (no single exercise):")
         for r in report['module_checks']:
-            entry(f"{r['check']} (cell {r['cell']})", r)
+            entry(f"{r['check']} (cell {r['cell']}{', ' + r['title'] if r['title'] else ''})", r)
     for e in report['other_errors']:
         lines.append(f"  error in {e['name']}: {e['message'].splitlines()[0] if e['message'] else ''}")
         if e.get('where') and e['where']['yours']:

@@ -304,3 +304,60 @@ def test_sample_next_refuses_nan_logits():
 def test_greedy_decode_checks_its_arguments(kwargs, fragment):
     with pytest.raises(ValueError, match=fragment):
         greedy_decode(_tiny(), np.array([[3, 4, 5]]), **kwargs)
+
+
+# ---------------------------------------------------------------- attention's scratch buffers belong to a thread
+
+def test_module_keeps_no_shared_scratch_buffers():
+    import tinytorch.attention as A
+    assert not hasattr(A, '_SCRATCH')
+
+
+@pytest.mark.parametrize('is_causal', [False, True])
+def test_two_threads_running_attention_get_the_single_thread_results(is_causal):
+    from tinytorch.attention import scaled_dot_product_attention
+    from tinytorch.tensor import no_grad
+    rng = np.random.default_rng(0)
+    inputs = [tuple(rng.standard_normal((2, 4, 160, 16)).astype(np.float32) for _ in range(3)) for _ in range(2)]
+    with no_grad():
+        expected = [scaled_dot_product_attention(*qkv, is_causal=is_causal).data for qkv in inputs]
+    results, errors, start = [[], []], [], threading.Barrier(2)
+
+    def run(i):
+        try:
+            start.wait(timeout=30)
+            with no_grad():
+                for _ in range(25):
+                    results[i].append(scaled_dot_product_attention(*inputs[i], is_causal=is_causal).data)
+        except Exception as e:       # reported below: an exception in a thread would be lost
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and all(len(r) == 25 for r in results)
+    for i in range(2):
+        for got in results[i]:
+            np.testing.assert_array_equal(got, expected[i])
+
+
+@pytest.mark.torch
+def test_no_grad_is_per_thread_like_torch():
+    torch = pytest.importorskip('torch')
+    from tinytorch.tensor import is_grad_enabled, no_grad
+    inside, entered, leave = {}, threading.Event(), threading.Event()
+
+    def other():
+        with no_grad(), torch.no_grad():
+            entered.set()
+            leave.wait(timeout=30)
+    t = threading.Thread(target=other)
+    t.start()
+    entered.wait(timeout=30)
+    inside['ours'], inside['torch'] = is_grad_enabled(), torch.is_grad_enabled()
+    leave.set()
+    t.join(timeout=30)
+    assert inside == {'ours': True, 'torch': True}          # the main thread still records
+    x = Tensor([1.0], requires_grad=True)
+    assert (x * 2.0).requires_grad

@@ -390,3 +390,134 @@ def test_backward_frees_what_the_graph_saved():
     assert h._ctx.saved_tensors is not None and all(not isinstance(v, np.ndarray) for v in vars(h._ctx).values())
     with pytest.raises(RuntimeError, match='Exp'):
         h.sum().backward()
+
+
+# ---------------------------------------------------------------- scaled_dot_product_attention returns what PyTorch's does
+
+from tinytorch.attention import MultiheadAttention, attend, causal_mask, scaled_dot_product_attention  # noqa: E402
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize('is_causal', [False, True])
+def test_sdpa_called_as_in_torch_returns_the_output_only(is_causal):
+    torch = _torch()
+    q, k, v = randn(2, 3, 5, 4), randn(2, 3, 5, 4), randn(2, 3, 5, 6)
+    out = scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    expected = torch.nn.functional.scaled_dot_product_attention(*map(torch.from_numpy, (q, k, v)), is_causal=is_causal)
+    assert isinstance(out, Tensor) and out.shape == tuple(expected.shape)
+    np.testing.assert_allclose(out.data, expected.numpy(), atol=1e-6)
+
+
+@pytest.mark.torch
+def test_sdpa_positional_arguments_are_torchs():
+    torch = _torch()
+    q, k, v = randn(1, 4, 8), randn(1, 6, 8), randn(1, 6, 8)
+    bias = randn(4, 6)                               # a float mask is added to the scores in both
+    expected = torch.nn.functional.scaled_dot_product_attention(*map(torch.from_numpy, (q, k, v, bias)), 0.0, False,
+                                                                scale=0.5)
+    np.testing.assert_allclose(scaled_dot_product_attention(q, k, v, bias, 0.0, False, scale=0.5).data,
+                               expected.numpy(), atol=1e-6)
+    with pytest.raises(ValueError, match='dropout_p must be a number'):
+        scaled_dot_product_attention(q, k, v, None, np.zeros((1, 6), bool))   # the old 5th positional (a mask)
+
+
+def test_sdpa_does_not_materialise_the_weights_without_a_graph(monkeypatch):
+    import tinytorch.attention as A
+    made = []
+    original = A.ScaledDotProductAttention.forward
+
+    def spy(ctx, q, k, v, weights=None, **kw):
+        made.append(weights)
+        return original(ctx, q, k, v, weights=weights, **kw)
+    monkeypatch.setattr(A.ScaledDotProductAttention, 'forward', staticmethod(spy))
+    q = randn(2, 2, 64, 8)
+    scaled_dot_product_attention(q, q, q, is_causal=True)
+    out, w = attend(q, q, q, is_causal=True)
+    assert made[0] is None and made[1] is not None and w.shape == (2, 2, 64, 64)
+    np.testing.assert_allclose(out.data, scaled_dot_product_attention(q, q, q, is_causal=True).data, atol=1e-6)
+
+
+def test_attend_returns_the_weights_the_figures_use():
+    q = randn(3, 4)
+    out, w = attend(q, q, q)
+    np.testing.assert_allclose(w.data.sum(-1), np.ones(3), atol=1e-6)
+    assert attend(q, q, q, need_weights=False)[1] is None
+
+
+# ---------------------------------------------------------------- MultiheadAttention: PyTorch's defaults, kdim/vdim
+
+@pytest.mark.torch
+def test_mha_defaults_to_torchs_sequence_first_layout():
+    torch = _torch()
+    torch.manual_seed(0)
+    theirs = torch.nn.MultiheadAttention(8, 2).eval()                       # (L, N, E) by default
+    ours = MultiheadAttention(8, 2).eval()
+    assert ours.batch_first is False
+    _load_from_torch(ours, theirs)
+    x = randn(5, 3, 8)                                                      # L=5, N=3
+    with torch.no_grad():
+        expected, w = theirs(*(torch.from_numpy(x),) * 3)
+    out, ow = ours(x, x, x)
+    np.testing.assert_allclose(out.data, expected.numpy(), atol=1e-6)
+    np.testing.assert_allclose(ow.data, w.numpy(), atol=1e-6)
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize('kdim, vdim', [(6, 10), (8, 5), (12, 12)])
+def test_mha_kdim_vdim_match_torch(kdim, vdim):
+    torch = _torch()
+    torch.manual_seed(1)
+    theirs = torch.nn.MultiheadAttention(8, 2, kdim=kdim, vdim=vdim, batch_first=True)
+    ours = MultiheadAttention(8, 2, kdim=kdim, vdim=vdim, batch_first=True)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert all(ours.state_dict()[k].shape == tuple(v.shape) for k, v in theirs.state_dict().items())
+    _load_from_torch(ours, theirs)
+    x, key, value = randn(2, 3, 8), randn(2, 4, kdim), randn(2, 4, vdim)
+    ins = [Tensor(a, requires_grad=True) for a in (x, key, value)]
+    tins = [torch.from_numpy(a).requires_grad_() for a in (x, key, value)]
+    out, w = ours(*ins)
+    tout, tw = theirs(*tins)
+    np.testing.assert_allclose(out.data, tout.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(w.data, tw.detach().numpy(), atol=1e-6)
+    g = randn(*out.shape)
+    out.backward(g)
+    tout.backward(torch.from_numpy(g))
+    for (name, p), (_, tp) in zip(ours.named_parameters(), theirs.named_parameters()):
+        np.testing.assert_allclose(p.grad, tp.grad.numpy(), atol=5e-5, err_msg=name)
+    with pytest.raises(ValueError, match=f'kdim={kdim}' if kdim != 8 else 'embed_dim=8'):
+        ours(x, randn(2, 4, kdim + 1), value)
+
+
+# ---------------------------------------------------------------- layers take arrays where MultiheadAttention does
+
+@pytest.mark.torch
+def test_encoder_layer_accepts_a_raw_array_like_torch_takes_a_tensor():
+    torch = _torch()
+    torch.manual_seed(2)
+    theirs = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0).eval()
+    ours = TransformerEncoderLayer(8, 2, 16, dropout=0.0).eval()
+    _load_from_torch(ours, theirs)
+    x = randn(4, 2, 8)
+    with torch.no_grad():
+        expected = theirs(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(ours(x).data, expected, atol=2e-5)
+    np.testing.assert_allclose(ours(x.astype(np.float64)).data, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize('bad, error, fragment', [
+    (np.array([['a', 'b']]), TypeError, 'src must be a Tensor or an array of numbers'),
+    (np.ones((2, 3, 8), np.int64), TypeError, 'token ids go through an Embedding'),
+    (np.ones((2, 3, 5), np.float32), ValueError, r'd_model=8'),
+    ({'x': 1}, TypeError, 'src must be'),
+])
+def test_encoder_layer_rejects_other_input_by_name(bad, error, fragment):
+    with pytest.raises(error, match=fragment):
+        TransformerEncoderLayer(8, 2, 16)(bad)
+
+
+def test_decoder_layer_accepts_raw_arrays():
+    layer = TransformerDecoderLayer(8, 2, 16, dropout=0.0, batch_first=True).eval()
+    tgt, memory = randn(2, 3, 8), randn(2, 5, 8)
+    np.testing.assert_allclose(layer(tgt, memory).data, layer(Tensor(tgt), Tensor(memory)).data, atol=1e-6)
+    with pytest.raises(ValueError, match='memory must have shape'):
+        layer(tgt, randn(2, 5, 4))

@@ -284,6 +284,68 @@ def test_unsolved_dependency_names_the_exercise(kit, tmp_path):
             in r['message'], r['message']
 
 
+def _executed(cells):
+    """An executed notebook from (kind, source, nbgrader metadata or None, error or None) tuples; an error is
+    (ename, evalue, traceback entries as IPython prints them)."""
+    nb = nbformat.v4.new_notebook()
+    count = 0
+    for kind, src, meta, err in cells:
+        if kind == 'md':
+            nb.cells.append(nbformat.v4.new_markdown_cell(src))
+            continue
+        count += 1
+        cell = nbformat.v4.new_code_cell(src, execution_count=count)
+        if meta:
+            cell.metadata['nbgrader'] = dict(meta, schema_version=3)
+        if err:
+            cell.outputs = [nbformat.v4.new_output('error', ename=err[0], evalue=err[1],
+                                                   traceback=[e.replace('N]', f'{count}]', 1) for e in err[2]])]
+        nb.cells.append(cell)
+    return nb
+
+
+def test_check_traces_errors_to_their_cause(tmp_path):
+    """Without a kernel: a NameError three cells after a given cell stopped by another module's stub is traced to
+    that stub (the module check is blocked by it, with the command); a wrong solution that raises names the
+    student's line, in their cell or in their package."""
+    pkg = tmp_path / 'tinytorch'
+    pkg.mkdir()
+    (pkg / 'tensor.py').write_text('def helper(x):\n    return x.missing\n')
+    test = {'grade': True, 'solution': False, 'locked': True, 'points': 2}
+    nb = _executed([
+        ('md', '### Exercise 99.1: implement f', None, None),
+        ('code', '#| export\ndef f(x):\n    y = x + 1\n    return y.nope', {'solution': True, 'grade': False,
+                                                                              'grade_id': 'ex99_01_f'}, None),
+        ('code', '# graded test of Exercise 99.1 (read-only)\ntest_eq(f(1), 2)', dict(test, grade_id='test_99_01_f'),
+         ('AttributeError', "'int' object has no attribute 'nope'",
+          ['---', 'Cell In[N], line 2\n----> 2 test_eq(f(1), 2)\n', 'Cell In[1], line 4, in f(x)\n----> 4 return y.nope\n'])),
+        ('code', 'from tinytorch.tensor import helper\nvocab = build_vocab(words)\nlosses = train(vocab)', None,
+         ('NotImplementedError', 'Exercise 98.2: implement build_vocab',
+          ['Cell In[N], line 2\n----> 2 vocab = build_vocab(words)\n'])),
+        ('code', 'fig = plot(losses)', None, ('NameError', "name 'losses' is not defined", ['Cell In[N], line 1\n'])),
+        ('code', 'final = losses[-1]\nhelper(final)', None, ('NameError', "name 'losses' is not defined", [])),
+        ('code', '# graded check of module 99 as a whole (read-only)\ntest_eq(final < 1, True)',
+         dict(test, grade_id='test_99_training'), ('NameError', "name 'final' is not defined", ['Cell In[N], line 2'])),
+        ('code', 'helper(3)', None, ('AttributeError', "'int' object has no attribute 'missing'",
+                                      ['Cell In[N], line 1\n', f'File {pkg}/tensor.py:2, in helper(x)\n'])),
+    ])
+    catalogue = {'98.2': {'title': 'implement build_vocab', 'notebook': 'nbs/98_words.ipynb', 'stub_in_notebook': True}}
+    report = classify(nb, '99', root=tmp_path, catalogue=catalogue)
+    ex, = report['exercises']
+    assert (ex['exercise'], ex['status'], ex['cell']) == ('99.1', 'failed', 3)
+    assert ex['message'] == "AttributeError: 'int' object has no attribute 'nope'"
+    assert ex['where'] == {'cell': 2, 'line': 4, 'yours': True, 'code': 'return y.nope'}
+    check, = report['module_checks']
+    assert (check['check'], check['status'], check['blocked_by']) == ('test_99_training', 'blocked', '98.2')
+    assert check['message'] == ('needs Exercise 98.2 (implement build_vocab) first: it is still a stub in your '
+                                'tinytorch package. Solve it in nbs/98_words.ipynb, run `tinytorch export`, then '
+                                'check again')
+    other, = report['other_errors']                     # the student's own cell, failing in their package
+    assert other['cell'] == 8 and other['where'] == {'file': 'tinytorch/tensor.py', 'line': 2, 'function': 'helper',
+                                                     'yours': True, 'code': 'return x.missing'}
+    assert '  checks of module 99 as a whole (no single exercise):' in render(report).splitlines()
+
+
 def solve_partly(kit, stem, keep=(), edit=None):
     """Solve the kit's notebook `stem` from the instructor's, but leave the solution cells `keep` as released (the
     stubs) and apply `edit` ({grade_id: function of the source}: a wrong solution)."""

@@ -12,28 +12,33 @@ __all__ = ['no_grad', 'is_grad_enabled', 'Context', 'Function', 'Tensor', 'resul
            'gelu']
 
 # %% ../nbs/00_tensor.ipynb #af53139e
+import threading
 from contextlib import contextmanager
 
 import numpy as np
 
 # %% ../nbs/00_tensor.ipynb #cd3f99be
-_grad_enabled = True
+class _GradMode(threading.local):
+    "Whether operations are recorded, per thread as in PyTorch: `no_grad` in one thread leaves the others recording."
+    enabled = True
+
+
+_grad_mode = _GradMode()
 
 
 @contextmanager
 def no_grad():
     "Context manager in which operations are not recorded for backward, like `torch.no_grad`."
-    global _grad_enabled
-    previous, _grad_enabled = _grad_enabled, False
+    previous, _grad_mode.enabled = _grad_mode.enabled, False
     try:
         yield
     finally:
-        _grad_enabled = previous
+        _grad_mode.enabled = previous
 
 
 def is_grad_enabled() -> bool:
-    "Whether operations are currently recorded for backward."
-    return _grad_enabled
+    "Whether operations are currently recorded for backward (in this thread)."
+    return _grad_mode.enabled
 
 # %% ../nbs/00_tensor.ipynb #7de163ee
 class Context:
@@ -65,7 +70,7 @@ class Function:
         needs = tuple([isinstance(a, Tensor) and a.requires_grad for a in args])   # lists: quicker than generators
         ctx = Context(needs)
         out = cls.forward(ctx, *[a.data if isinstance(a, Tensor) else a for a in args], **kwargs)
-        track = _grad_enabled and True in needs
+        track = _grad_mode.enabled and True in needs
         result = Tensor._from_array(out, requires_grad=track)
         if track:
             result._fn, result._ctx, result._parents = cls, ctx, args

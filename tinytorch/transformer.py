@@ -274,6 +274,21 @@ def _check_activation(activation):
         raise ValueError(f"activation must be one of {_CHOICES['activation']} or a callable, got {activation!r}")
 
 
+def _features(x, name: str, d_model: int) -> Tensor:
+    "A layer's input as a floating Tensor whose last dimension is d_model; anything else is an error naming it."
+    if not isinstance(x, Tensor):
+        array = np.asarray(x)
+        if array.dtype.kind not in 'fiub':
+            raise TypeError(f"{name} must be a Tensor or an array of numbers, got {type(x).__name__}")
+        x = Tensor(array) if array.dtype.kind == 'f' else Tensor(array, dtype=array.dtype)   # floats: float32
+    if x.dtype.kind != 'f':
+        raise TypeError(f"{name} must hold floating-point features, got dtype {x.dtype} (token ids go through an "
+                        f"Embedding first)")
+    if x.ndim not in (2, 3) or x.shape[-1] != d_model:
+        raise ValueError(f"{name} must have shape (..., d_model={d_model}) with 2 or 3 dimensions, got {x.shape}")
+    return x
+
+
 def feed_forward(x, w1, b1, w2, b2, activation='relu', p: float = 0.0, training: bool = True,
                  generator=None) -> Tensor:
     "The position-wise feed-forward network on PyTorch's `linear1`/`linear2` weights; one fused node for ReLU."
@@ -309,7 +324,7 @@ class TransformerEncoderLayer(Module):
         self.norm_first, self.activation, self.batch_first = norm_first, activation, batch_first
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False):
-        x = src
+        x = _features(src, 'src', self.self_attn.embed_dim)     # a Tensor or an array, as MultiheadAttention takes
         if self.norm_first:
             x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
             x = x + self._ff_block(self.norm2(x))
@@ -352,7 +367,8 @@ class TransformerDecoderLayer(Module):
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal: bool = False, memory_is_causal: bool = False):
-        x = tgt
+        x, d = _features(tgt, 'tgt', self.self_attn.embed_dim), self.self_attn.embed_dim
+        memory = _features(memory, 'memory', d)
         if self.norm_first:
             x = x + self._sa_block(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal)
             x = x + self._mha_block(self.norm2(x), memory, memory_mask, memory_key_padding_mask, memory_is_causal)
@@ -629,7 +645,7 @@ def cached_self_attention(attn: MultiheadAttention, x, cache: KVCache, layer: in
     cache.keys[layer, :, :, P:P + t], cache.values[layer, :, :, P:P + t] = k, v
     keys, values = cache.keys[layer, :, :, :P + t], cache.values[layer, :, :, :P + t]
     mask = np.triu(np.ones((t, P + t), dtype=bool), k=P + 1)
-    out, _ = scaled_dot_product_attention(Tensor(q), Tensor(keys), Tensor(values), attn_mask=mask, need_weights=False)
+    out = scaled_dot_product_attention(Tensor(q), Tensor(keys), Tensor(values), attn_mask=mask)
     out = out.data.transpose(0, 2, 1, 3).reshape(B, t, d)                    # (B, t, d)
     return attn.out_proj(Tensor(out))
 
