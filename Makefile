@@ -70,7 +70,8 @@ notebook-times: setup  ## each module notebook top to bottom in a fresh kernel, 
 demo: setup  ## train the guide's transformer to reverse sequences; held-out accuracy, examples, figures -> artifacts/demo/
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m tinytorch.training reversal
 
-# Both cores: at d_model 128 and batches of 16 x 128 tokens the matrices are large enough for a second BLAS thread.
+# Two BLAS threads: the 2 cores the run is budgeted for (<= 10 min). On a machine busy with other jobs the threads
+# contend: run the same command with OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 instead.
 lm: setup  ## train module 09's GPT on Python's standard library (resumes); bits per byte, samples, figures -> artifacts/lm/
 	OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2 $(BIN)/python -m tinytorch.language_model --resume
 
