@@ -314,6 +314,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--epochs', type=int, default=12)
     p.add_argument('--steps', type=int, default=200, help='optimiser steps per epoch (default 200)')
     p.add_argument('--text', nargs='+', help='train on these text files (the last is validation) instead')
+    p.add_argument('--prompt', default='    def __init__(self', help='what the samples continue')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default='artifacts/lm', help='checkpoint, tokenizer, figures, samples and summary')
     p.add_argument('--resume', action='store_true', help='continue from the checkpoint in --out')
@@ -354,7 +355,7 @@ def main(argv=None) -> dict:
     history = train_language_model(model, train_ids, val_ids, args.epochs, args.steps, checkpoint=out / 'checkpoint.npz',
                                    resume=args.resume, progress=not args.no_progress, seed=args.seed,
                                    callback=lambda epoch, h: _report(epoch, h, train_bpb, to_bpb))
-    samples = {t: complete(model.gpt, tokenizer, 'def ', 120, temperature=t, top_p=0.95, seed=args.seed)
+    samples = {t: complete(model.gpt, tokenizer, args.prompt, 120, temperature=t, top_p=0.95, seed=args.seed)
                for t in (0.5, 0.8, 1.1)}
     steps = [e * args.steps for e in history['epoch']]
     plot_bits_per_byte({'training': (steps, [train_bpb(l) for l in history['train_loss']]),
