@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: course test setup export release docs bench sync clean demo
+.PHONY: course test setup export release docs bench notebook-times sync clean demo lm
 
 course: export release docs  ## set up, export the package, build the student release and the docs
 
@@ -59,12 +59,21 @@ sync: setup  ## fail when tinytorch/ is not what nbdev-export makes of nbs/, or 
 test: setup sync  ## every test: the sync gate, then pytest (notebooks, release, grading, library)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
-bench: setup  ## benchmarks against PyTorch (when installed), printed and written to bench/results/
+bench: setup  ## benchmarks against PyTorch (when installed), then the notebook times; printed and written to bench/results/
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.notebooks
+
+notebook-times: setup  ## each module notebook top to bottom in a fresh kernel, one BLAS thread: time, slowest cell
+	$(BIN)/python -m bench.notebooks
 
 # One BLAS thread: the model's matrices are small, and threads only contend (2-4x slower on a busy 2-core machine).
 demo: setup  ## train the guide's transformer to reverse sequences; held-out accuracy, examples, figures -> artifacts/demo/
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m tinytorch.training reversal
+
+# Two BLAS threads: the 2 cores the run is budgeted for (<= 10 min). On a machine busy with other jobs the threads
+# contend: run the same command with OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 instead.
+lm: setup  ## train module 09's GPT on Python's standard library (resumes); bits per byte, samples, figures -> artifacts/lm/
+	OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2 $(BIN)/python -m tinytorch.language_model --resume
 
 clean:
 	rm -rf _release _proc _docs _site .pytest_cache

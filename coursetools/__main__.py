@@ -50,7 +50,8 @@ def main(argv=None):
         out = release(args.nbs, args.out)
         stubs = kit_stubs(out)
         print(f'wrote the student kit {out}/: nbs/ ({len(list((out / "nbs").glob("*.ipynb")))} notebooks), '
-              f'tinytorch/ ({sum(map(len, stubs.values()))} exercise stubs), pyproject.toml, README.md')
+              f'tinytorch/ ({sum(map(len, stubs.values()))} exercise stubs), pyproject.toml, README.md; '
+              f'zipped for students: {out / "tinytorch-kit.zip"}')
     elif args.command == 'docs':
         from .docs import build
         report = build(args.nbs, args.out, args.cache, execute=not args.no_execute, jobs=args.jobs,

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import nbformat
 
-from .notebooks import course_notebooks, graded_cells, module_name
+from .notebooks import course_notebooks, graded_cells, module_checks_label, module_name
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / 'course' / 'nbgrader_config.py'
@@ -500,8 +500,9 @@ def feedback(root, assignment, log=print) -> dict:
 # ---------------------------------------------------------------------------------------------- grades
 
 def grades(root, out=None, log=print) -> Path:
-    """Write the grades CSV: one row per student, one column per exercise (the points of the graded cells under
-    its heading), a total per module, the total, and the flags. Written atomically."""
+    """Write the grades CSV: one row per student, one column per exercise (the points of its graded cells
+    `test_NN_K_...`), one for the checks of the module as a whole (`NN.module`: cells `test_NN_name`), a total
+    per module, the total, and the flags. Written atomically."""
     root = Path(root).resolve()
     out = Path(out) if out else root / 'grades.csv'
     columns, modules = [], []
@@ -515,8 +516,10 @@ def grades(root, out=None, log=print) -> Path:
                 continue
             src = nbformat.read(source_notebook(root, a), as_version=4)
             cells = graded_cells(src)
-            key = {c['grade_id']: c['exercise'] or f'{a[:2]}.0' for c in cells}
-            cols = list(dict.fromkeys(key.values()))
+            module = module_checks_label(a[:2])     # the checks of the module as a whole, after its exercises
+            key = {c['grade_id']: c['exercise'] or module for c in cells}
+            cols = list(dict.fromkeys([c['exercise'] for c in cells if c['exercise']] +
+                                      [module for c in cells if not c['exercise']]))
             columns += cols + [a]
             modules.append(a)
             report_path = root / 'reports' / f'{a}.json'
@@ -532,7 +535,7 @@ def grades(root, out=None, log=print) -> Path:
                     continue
                 for nb in sub.notebooks:
                     for g in nb.grades:
-                        row[key.get(g.name, f'{a[:2]}.0')] = row.get(key.get(g.name, f'{a[:2]}.0'), 0.0) + float(g.score)
+                        row[key.get(g.name, module)] = row.get(key.get(g.name, module), 0.0) + float(g.score)
                 row[a] = sum(row[c] for c in cols)
                 flags[s] += [f'{a}: {f}' for f in report['submissions'].get(s, {}).get('flags', [])]
     buf = io.StringIO()
