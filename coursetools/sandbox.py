@@ -32,6 +32,10 @@ per file, and a size-limited /tmp. Time: the per-cell and per-notebook timeouts 
 sandbox dies with the grader (`--die-with-parent`).
 
 `UNSAFE_NO_SANDBOX=1` in the environment grades without the sandbox (every submission is then flagged).
+
+`coursetools.autograding.GradingExecute` uses this module for every kernel, so any process that runs nbgrader's
+autograde with the course's config (the local process pool, a Dask worker) grades in the sandbox; call
+`check()` (or `coursetools.course.preflight`) once before grading, on each machine that grades.
 """
 import importlib.util
 import os

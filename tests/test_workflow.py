@@ -877,7 +877,8 @@ def _attacks(course_dir, port):
     seen = [course, str(ROOT / 'nbs'), str(ROOT / 'tests'), str(ROOT / 'README.md')]   # none is in the sandbox
     return {
         'forger': [f"import sqlite3\ndb = sqlite3.connect({course + '/gradebook.db'!r})\n"
-                   "db.execute('UPDATE grade SET manual_score = max_score')\ndb.commit()\nprint('forged')"],
+                   "db.execute('UPDATE grade SET manual_score = (SELECT max_score FROM grade_cells "
+                   "WHERE grade_cells.id = grade.cell_id)')\ndb.commit()\nprint('forged')"],
         'planter': [f"for d in [{course + '/source/' + A!r}, {course + '/submitted/' + VICTIM + '/' + A!r}]:\n"
                     "    try:\n"
                     "        open(d + '/numpy.py', 'w').write('raise ImportError(\"planted\")\\n')\n"
