@@ -422,6 +422,20 @@ def test_sdpa_positional_arguments_are_torchs():
         scaled_dot_product_attention(q, k, v, None, np.zeros((1, 6), bool))   # the old 5th positional (a mask)
 
 
+@pytest.mark.torch
+def test_sdpa_boolean_mask_means_what_it_means_in_torch():
+    "PyTorch's function: True = may attend (MultiheadAttention's and attend's masks say the opposite)."
+    torch = _torch()
+    q, k, v = randn(2, 3, 5, 4), randn(2, 3, 7, 4), randn(2, 3, 7, 2)
+    allowed = np.random.default_rng(5).random((5, 7)) < 0.5
+    allowed[:, 0] = True                             # every query sees a key (PyTorch gives NaN for none)
+    expected = torch.nn.functional.scaled_dot_product_attention(*map(torch.from_numpy, (q, k, v)),
+                                                                attn_mask=torch.from_numpy(allowed))
+    out = scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    np.testing.assert_allclose(out.data, expected.numpy(), atol=1e-6)
+    np.testing.assert_allclose(attend(q, k, v, attn_mask=~allowed)[0].data, expected.numpy(), atol=1e-6)
+
+
 def test_sdpa_does_not_materialise_the_weights_without_a_graph(monkeypatch):
     import tinytorch.attention as A
     made = []

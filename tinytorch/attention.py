@@ -276,7 +276,13 @@ def attend(
 
 def scaled_dot_product_attention(q, k, v, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
                                  scale: float = None, *, key_padding_mask=None, generator=None) -> Tensor:
-    "PyTorch's function: the output (..., L, Ev) only, at the fast path's speed; `attend` also returns the weights."
+    """PyTorch's function: the output (..., L, Ev) only, at the fast path's speed; `attend` also returns the weights.
+    As in PyTorch, a boolean `attn_mask` is True where a query may attend (the opposite of `attend`'s and
+    `MultiheadAttention`'s masks); a query with no key allowed gets zeros where PyTorch gives NaN.
+    `key_padding_mask` (True at padded keys) and `generator` are ours: PyTorch's function has neither."""
+    mask = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
+    if mask is not None and np.asarray(mask).dtype == np.bool_:
+        attn_mask = ~np.asarray(mask)                 # PyTorch's True = allowed -> attend's True = not allowed
     return attend(q, k, v, attn_mask, dropout_p, is_causal, scale, key_padding_mask=key_padding_mask,
                   need_weights=False, generator=generator)[0]
 

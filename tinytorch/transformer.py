@@ -644,8 +644,8 @@ def cached_self_attention(attn: MultiheadAttention, x, cache: KVCache, layer: in
     q, k, v = qkv.reshape(B, t, 3, H, d // H).transpose(2, 0, 3, 1, 4)       # 3 x (B, H, t, head_dim)
     cache.keys[layer, :, :, P:P + t], cache.values[layer, :, :, P:P + t] = k, v
     keys, values = cache.keys[layer, :, :, :P + t], cache.values[layer, :, :, :P + t]
-    mask = np.triu(np.ones((t, P + t), dtype=bool), k=P + 1)
-    out = scaled_dot_product_attention(Tensor(q), Tensor(keys), Tensor(values), attn_mask=mask)
+    allowed = np.tril(np.ones((t, P + t), dtype=bool), k=P)                 # new query i sees positions <= P + i
+    out = scaled_dot_product_attention(Tensor(q), Tensor(keys), Tensor(values), attn_mask=allowed)
     out = out.data.transpose(0, 2, 1, 3).reshape(B, t, d)                    # (B, t, d)
     return attn.out_proj(Tensor(out))
 
