@@ -46,7 +46,7 @@ from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, Clea
 
 from . import sandbox
 from .guard import AUDIT_FD, END
-from .release import ExerciseStubs, LockGivenCells
+from .release import ExerciseStubs, LockGivenCells, strip_locked_marker
 
 META = 'tinytorch'                      # notebook metadata: what the grader found
 NOT_RUN = 'NotRun'
@@ -262,6 +262,12 @@ def _norm(text: str) -> str:
     return '\n'.join(line.rstrip() for line in text.replace('\r\n', '\n').strip().splitlines())
 
 
+def _same_code(submitted: str, released: str) -> bool:
+    """Whether a locked cell came back unchanged, white space at line ends and the `(read-only)` first line aside
+    (a kit made before the markers existed has none)."""
+    return _norm(strip_locked_marker(submitted)) == _norm(strip_locked_marker(released))
+
+
 def restructure(nb, release_nb, source_nb, plan=None):
     """Put a submitted notebook (nbformat node, changed in place) into the course's shape; record flags.
     Returns the notebook."""
@@ -307,7 +313,7 @@ def restructure(nb, release_nb, source_nb, plan=None):
                 if field in rcell.metadata:
                     cell.metadata[field] = copy.deepcopy(rcell.metadata[field])
         if cell is matched.get(k) and (_is(rcell, 'locked') or _is(rcell, 'grade')) and not _is(rcell, 'solution') and \
-                (cell.cell_type != rcell.cell_type or _norm(cell.source) != _norm(rcell.source)):
+                (cell.cell_type != rcell.cell_type or not _same_code(cell.source, rcell.source)):
             add_flag(nb, f'the locked cell `{kind}` was edited: restored, graded with the course\'s tests')
             cell.cell_type = rcell.cell_type
             cell.source = rcell.source

@@ -1126,3 +1126,21 @@ def test_formgrader_in_the_course_directory(course_dir):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_locked_cells_without_the_read_only_line_are_not_edited():
+    "A notebook from a kit made before the `(read-only)` first lines existed: its locked cells are not 'edited'."
+    from coursetools.autograding import flags, restructure
+    from coursetools.release import strip_locked_marker
+    src = nbformat.read(ROOT / 'nbs' / '00_tensor.ipynb', as_version=4)
+    released = student_version(src)
+    locked = [c for c in released.cells if c.cell_type == 'code' and c.metadata.get('nbgrader', {}).get('locked')]
+    assert locked and all(c.source.splitlines()[0].endswith('(read-only)') for c in locked)
+    old = copy.deepcopy(released)
+    for c in old.cells:
+        c.source = strip_locked_marker(c.source)
+    assert not [f for f in flags(restructure(old, released, src)) if 'edited' in f]
+    edited = copy.deepcopy(old)
+    cell = next(c for c in edited.cells if c.metadata.get('nbgrader', {}).get('grade'))
+    cell.source += '\nassert True'
+    assert [f for f in flags(restructure(edited, released, src)) if 'edited' in f]
