@@ -64,4 +64,4 @@ demo: setup  ## train the guide's transformer to reverse sequences; held-out acc
 	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m tinytorch.training reversal
 
 clean:
-	rm -rf _release _proc _docs _site .pytest_cache
+	rm -rf _release _proc _docs _docs_build _site .pytest_cache

@@ -123,7 +123,8 @@ def _execute_one(text: str, folder: str, dest: str, timeout: int):
     try:
         nb = _runnable(nbformat.reads(text, as_version=4))
         NotebookClient(nb, timeout=timeout, kernel_name='python3', allow_errors=True,
-                       resources={'metadata': {'path': folder}}).execute(stderr=subprocess.DEVNULL, env={**os.environ, **_ONE_THREAD})
+                       resources={'metadata': {'path': folder}}
+                       ).execute(stderr=subprocess.DEVNULL, env={**os.environ, **_ONE_THREAD})
     except Exception as e:                                # invalid notebook, dead kernel, timeout
         return f'{type(e).__name__}: {str(e)[:300]}'
     dest = Path(dest)
@@ -272,7 +273,7 @@ def stage_notebook(path: Path, executed, text: str, names: set, out: Path) -> di
             continue                                # nbgrader cells outside a module: never shown
         code = body if not _false(d.get('echo', 'true')) else ''
         if meta.get('solution'):
-            name = ex_names.get(meta.get('grade_id'), '')
+            name = ex_names.get(meta.get('grade_id'), '').replace('"', "'")
             blocks.append(f'!!! example "Exercise {name} (your code replaces the `raise`)"\n\n'
                           + _fence(code, indent='    '))
             continue
@@ -327,6 +328,8 @@ def api_page(module: str, title: str, out: Path) -> str:
         f'# tinytorch.{module}\n\n> The API of module {title}: signatures and docstrings of the reference package.\n\n'
         f'::: tinytorch.{module}\n    options:\n      show_root_heading: false\n', encoding='utf-8')
     return f'api/{module}.md'
+
+
 # --------------------------------------------------------------------------------------------------- leak check
 def secrets(nbs) -> dict:
     "Every solution and hidden-test line of every notebook in `nbs` (`secret_lines`), mapped to its notebook."
