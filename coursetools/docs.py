@@ -249,7 +249,8 @@ def stage_notebook(path: Path, executed, text: str, names: set, out: Path) -> di
 
     for i, (cell, orig) in enumerate(zip(student.cells, instructor.cells)):
         if cell.cell_type == 'markdown':
-            md = _links(cell.source, names)
+            # `$$a$$` and `$$b$$` on adjacent lines are two equations (as in Jupyter), not one from `$$a` to `b$$`
+            md = re.sub(r'\$\$[ \t]*\n[ \t]*\$\$', '$$\n\n$$', _links(cell.source, names))
             heads = _HEADING.findall(md)
             if title is None and md.lstrip().startswith('# '):
                 title = heads[0]

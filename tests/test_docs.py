@@ -113,9 +113,9 @@ def test_api_page_per_module_from_docstrings(site, built):
     soup = BeautifulSoup((site / 'api' / 'tensor.html').read_text(), 'html.parser')
     entry = soup.find(id='tinytorch.tensor.unbroadcast')
     assert entry is not None, 'no API entry for unbroadcast'
-    text = soup.get_text()
-    assert 'unbroadcast(grad: ndarray, shape: tuple) -> ndarray' in re.sub(r'\s+', ' ', text).replace('( ', '(')
-    assert 'Sum grad over the axes' in text
+    text = re.sub(r'\s+', ' ', entry.parent.get_text())
+    assert 'unbroadcast(grad: ndarray, shape: tuple) -> np.ndarray' in text
+    assert 'Sum grad over the axes that broadcasting added' in text
     assert soup.find(id='tinytorch.tensor.Tensor.backward') is not None
     assert 'np.add.at(g, ctx.index, grad)' not in text           # docstrings, never source
 
@@ -358,7 +358,8 @@ PAGE_STATE = """() => {
         typeset: document.querySelectorAll('.arithmatex > .katex, .arithmatex > .katex-display').length,
         katexErrors: document.querySelectorAll('.katex-error').length,
         katexFont: document.fonts.check('16px KaTeX_Main'),
-        raw: raw,
+        raw: raw.concat([...document.querySelectorAll('.md-nav__link')].map(a => a.textContent)
+                               .filter(t => t.includes('\\\\(')).map(t => 'nav: ' + t.trim())),
         links: [...document.querySelectorAll('a[href]')].map(a => a.href),
         prev: href('a.md-footer__link--prev'),
         next: href('a.md-footer__link--next'),
@@ -423,8 +424,8 @@ def test_search_menu_dark_mode_and_copy(server, browser, pages):
     w = Watch(browser, server, viewport={'width': 1280, 'height': 900})
     p = w.page
     w.open(urljoin(server, 'index.html'))
-    p.click('label.md-header__button[for="__search"]')
-    p.fill('input.md-search__input', 'embedding')
+    p.locator('input.md-search__input').click()
+    p.locator('input.md-search__input').fill('embedding')
     hit = p.locator('.md-search-result__list a[href*="04_embeddings.html"]').first
     hit.wait_for(state='visible', timeout=15000)
     p.screenshot(path=str(SHOTS / 'search-embedding.png'))
@@ -449,7 +450,7 @@ def test_search_menu_dark_mode_and_copy(server, browser, pages):
     block.scroll_into_view_if_needed()
     block.hover()
     code = block.locator('code').inner_text()
-    block.locator('button.md-clipboard').click()
+    block.locator('button[data-md-type="copy"]').click()
     copied = p.evaluate('navigator.clipboard.readText()')
     assert copied.strip() == code.strip() and len(code.strip()) > 10
     errors = list(w.errors)
@@ -459,14 +460,18 @@ def test_search_menu_dark_mode_and_copy(server, browser, pages):
     w = Watch(browser, server, viewport={'width': 390, 'height': 844}, has_touch=True, is_mobile=True)
     p = w.page
     w.open(urljoin(server, 'index.html'))
+    on_screen = ('(el) => { const r = el.getBoundingClientRect(); '
+                 'return r.width > 0 && r.height > 0 && r.left >= 0 && r.right <= innerWidth && r.top < innerHeight; }')
+    link = lambda file: p.locator(f'nav.md-nav--primary a[href="{file}"]').first  # noqa: E731
     menu = p.locator('label.md-header__button[for="__drawer"]')
     assert menu.is_visible()
-    assert not p.locator('nav.md-nav--primary a[href="04_embeddings.html"]').first.is_visible()
+    assert not link('04_embeddings.html').evaluate(on_screen), 'the module list is on screen before the menu is opened'
     menu.click()
     p.locator('nav.md-nav--primary label.md-nav__link:has-text("Modules")').first.click()
-    for name, page in pages.items():
+    p.wait_for_timeout(500)                                   # the drawer slides in
+    for page in pages.values():
         if page['module']:
-            p.locator(f'nav.md-nav--primary a[href="{page["file"]}"]').first.wait_for(state='visible', timeout=5000)
+            assert link(page['file']).evaluate(on_screen), f"{page['file']} is not in the opened menu"
     p.screenshot(path=str(SHOTS / 'phone-menu.png'))
     p.locator('nav.md-nav--primary a[href="04_embeddings.html"]').first.click()
     p.wait_for_url('**/04_embeddings.html*')
