@@ -260,6 +260,7 @@ def stage_notebook(path: Path, executed, text: str, names: set, out: Path) -> di
                                   f'Download the student notebook ({stem}.ipynb)</a>')
             else:
                 blocks.append(md)
+            heads = [h for h in heads if not h.startswith('Exercise ')]   # a figure illustrates a section
             if heads:
                 section = re.sub(r'\$([^$]*)\$', r'\1', heads[-1])
             continue

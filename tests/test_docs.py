@@ -425,9 +425,11 @@ def test_search_menu_dark_mode_and_copy(server, browser, pages):
     p = w.page
     w.open(urljoin(server, 'index.html'))
     p.locator('input.md-search__input').click()
-    p.locator('input.md-search__input').fill('embedding')
+    p.wait_for_function("!/Initializing/.test(document.querySelector('.md-search-result__meta').textContent)",
+                        timeout=60000)                 # the search worker has loaded the index
+    p.locator('input.md-search__input').press_sequentially('embedding', delay=50)   # typed, as a reader does
     hit = p.locator('.md-search-result__list a[href*="04_embeddings.html"]').first
-    hit.wait_for(state='visible', timeout=15000)
+    hit.wait_for(state='visible', timeout=30000)
     p.screenshot(path=str(SHOTS / 'search-embedding.png'))
     hit.click()
     p.wait_for_url('**/04_embeddings.html*')
@@ -460,8 +462,9 @@ def test_search_menu_dark_mode_and_copy(server, browser, pages):
     w = Watch(browser, server, viewport={'width': 390, 'height': 844}, has_touch=True, is_mobile=True)
     p = w.page
     w.open(urljoin(server, 'index.html'))
-    on_screen = ('(el) => { const r = el.getBoundingClientRect(); '
-                 'return r.width > 0 && r.height > 0 && r.left >= 0 && r.right <= innerWidth && r.top < innerHeight; }')
+    on_screen = ('(el) => { const r = el.getBoundingClientRect(); if (!r.width || !r.height) return false; '
+                 'const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2); '
+                 'return top !== null && (el === top || el.contains(top)); }')   # really shown, on top
     link = lambda file: p.locator(f'nav.md-nav--primary a[href="{file}"]').first  # noqa: E731
     menu = p.locator('label.md-header__button[for="__drawer"]')
     assert menu.is_visible()
