@@ -70,6 +70,7 @@ def test_pages_in_course_order(site, pages, order):
     assert all((site / f).exists() for f in order)
 
 
+@pytest.mark.slow
 def test_nav_picks_up_any_module_notebook(tmp_path):
     "A new `NN_name.ipynb` (module 09, say) gets a page and its place in the nav without touching a config."
     nbs = tmp_path / 'nbs'
