@@ -76,4 +76,4 @@ lm: setup  ## train module 09's GPT on Python's standard library (resumes); bits
 	OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 MKL_NUM_THREADS=2 $(BIN)/python -m tinytorch.language_model --resume
 
 clean:
-	rm -rf _release _proc _docs _site .pytest_cache
+	rm -rf _release _proc _docs _docs_build _site .pytest_cache

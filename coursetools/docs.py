@@ -1,28 +1,25 @@
-"""The docs site, `python -m coursetools docs`: the Quarto project of `nbs/`, rendered from what students may see.
+"""The docs site, `python -m coursetools docs`: Material for MkDocs renders it; this module does only what is
+specific to this course.
 
-Quarto cannot be installed everywhere this course is built, so this module renders the project itself, reading
-the same `_quarto.yml` (with its `nbdev.yml` and `sidebar.yml`) that `nbdev-docs` reads. For each module
-notebook `nbs/NN_name.ipynb` it
-
-1. executes the *instructor* notebook, to get its outputs (figures): cached in `_docs_cache/` by a hash of the
-   notebook and of the package, and run without its `nbdev_export()` cell (a docs build writes no package);
-2. takes the *student version* (`coursetools.release.student_version`): solutions are stubs, hidden tests gone;
-3. grafts an executed output onto a student cell only if the cell is neither a solution nor a graded cell and its
-   source is the same in both versions, and never an error or stderr output (a traceback quotes source lines);
-4. shows every `#| export` cell as its API reference only, signature and docstring from the package (`inspect`):
-   the body of an exported cell never reaches the site;
-5. renders the pages (markdown, KaTeX math shipped with the site, figures as files), copies the student
-   notebooks for download, and scans every file written for every solution line and hidden test of `nbs/`
-   (`find_leaks`): a build that would leak one fails, and the previous site is left in place.
+1. It executes each *instructor* notebook once, to get its outputs (figures): cached in `_docs_cache/` by a hash
+   of the notebook and of the package modules it can import, and run without its `nbdev_export()` cell.
+2. It stages the *student version* of each page (`coursetools.release.student_version`: solutions are stubs,
+   hidden tests gone) as Markdown in `_docs_build/docs/`: an executed output is grafted onto a student cell only
+   if the cell is neither a solution nor a graded cell and its source is the same in both versions, and never an
+   error or stderr (a traceback quotes source lines). Exercises become admonitions showing the stub, figures get
+   captions (`#| fig-cap:`, else the section they illustrate), and each module page links its student notebook.
+   An API page per module is left to mkdocstrings (`::: tinytorch.<module>`, docstrings only, no source).
+3. It runs `mkdocs build` (the repository's `mkdocs.yml`, plus the nav in course order: every `nbs/NN_*.ipynb`),
+   and scans every file of the built site, search index included, for every solution line and hidden test of
+   `nbs/` (`find_leaks`): a build that would leak one fails, and the previous site is left in place.
 """
-import ast
 import copy
 import hashlib
 import html
-import importlib
-import inspect
+import importlib.util
 import json
 import multiprocessing
+import os
 import re
 import shutil
 import subprocess
@@ -31,12 +28,12 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import markupsafe
 import nbformat
 import yaml
 
-from .notebooks import EXERCISE, course_notebooks, exercises, nbgrader_meta, public_lines, secret_lines
+from .notebooks import course_notebooks, exercises, nbgrader_meta, public_lines, secret_lines
 
+ROOT = Path(__file__).resolve().parent.parent
 ASSETS = Path(__file__).parent / 'docs_assets'
 CACHE_VERSION = '2'   # bump when what is cached (the executed instructor notebook) changes meaning
 TEXT_SUFFIXES = {'.html', '.htm', '.css', '.js', '.json', '.ipynb', '.txt', '.md', '.xml', '.svg', '.map'}
@@ -48,39 +45,6 @@ class LeakError(RuntimeError):
 
 def _log(msg):
     print(f'docs: {msg}', file=sys.stderr, flush=True)
-
-
-# ----------------------------------------------------------------------------------------------- configuration
-def _merge(a: dict, b: dict) -> dict:
-    "Deep-merge `b` into a copy of `a` (mappings merge, everything else is replaced)."
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
-    return out
-
-
-def site_config(nbs) -> dict:
-    "`_quarto.yml` with its `metadata-files` merged in, as Quarto reads it."
-    nbs = Path(nbs)
-    main = yaml.safe_load((nbs / '_quarto.yml').read_text(encoding='utf-8')) or {}
-    cfg = {}
-    for name in main.get('metadata-files', []):
-        p = nbs / name
-        if p.exists():
-            cfg = _merge(cfg, yaml.safe_load(p.read_text(encoding='utf-8')) or {})
-    return _merge(cfg, main)
-
-
-def render_targets(nbs, cfg) -> list:
-    "The documents `project.render` names (globs allowed), in order; Quarto's default is every notebook and .qmd."
-    nbs = Path(nbs)
-    patterns = (cfg.get('project') or {}).get('render') or ['*.ipynb', '*.qmd']
-    found = []
-    for pat in patterns:
-        for p in sorted(nbs.glob(pat)):
-            if p.is_file() and not p.name.startswith(('_', '.')) and p not in found:
-                found.append(p)
-    return found
 
 
 # --------------------------------------------------------------------------------------------------- directives
@@ -148,13 +112,19 @@ def _runnable(nb):
     return nb
 
 
+# One BLAS thread per kernel: notebooks run two at a time, and on a busy 2-core machine BLAS threads only contend
+# (module 08 took minutes instead of ~70 s). The Makefile's `demo` does the same.
+_ONE_THREAD = {'OMP_NUM_THREADS': '1', 'OPENBLAS_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}
+
+
 def _execute_one(text: str, folder: str, dest: str, timeout: int):
     "Execute an instructor notebook (its text) in `folder` into `dest`; None, or why it could not run."
     from nbclient import NotebookClient
     try:
         nb = _runnable(nbformat.reads(text, as_version=4))
         NotebookClient(nb, timeout=timeout, kernel_name='python3', allow_errors=True,
-                       resources={'metadata': {'path': folder}}).execute(stderr=subprocess.DEVNULL)
+                       resources={'metadata': {'path': folder}}
+                       ).execute(stderr=subprocess.DEVNULL, env={**os.environ, **_ONE_THREAD})
     except Exception as e:                                # invalid notebook, dead kernel, timeout
         return f'{type(e).__name__}: {str(e)[:300]}'
     dest = Path(dest)
@@ -202,292 +172,140 @@ def execute_notebooks(sources: dict, cache, root, jobs: int = 2, timeout: int = 
     return result
 
 
-# ------------------------------------------------------------------------------------------------- API reference
-def _short(sig: str) -> str:
-    "Annotations as the course writes them: `Tensor`, `np.ndarray` (not `tinytorch.tensor.Tensor`, `numpy.ndarray`)."
-    return re.sub(r'\bnumpy\.', 'np.', re.sub(r'\btinytorch\.\w+\.', '', sig))
-
-
-def _sig(obj, node) -> str:
-    if obj is not None:
-        try:
-            return _short(str(inspect.signature(obj)))
-        except (TypeError, ValueError):
-            pass
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-        ret = f' -> {ast.unparse(node.returns)}' if node.returns else ''
-        return f'({ast.unparse(node.args)}){ret}'
-    return '()'
-
-
-def _doc(obj, node) -> str:
-    if obj is not None and getattr(obj, '__doc__', None):
-        return inspect.cleandoc(obj.__doc__)
-    return ast.get_docstring(node) or ''
-
-
-def api_entries(src: str, module) -> list:
-    """The public functions and classes an exported cell defines: [{name, kind, signature, doc, members}].
-
-    Names and order come from the cell (`ast`), signatures and docstrings from the package object (`inspect`);
-    no function body is ever read into the result."""
-    try:
-        tree = ast.parse(src)
-    except SyntaxError:
-        return []
-    out = []
-    for node in tree.body:
-        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or node.name.startswith('_'):
-            continue
-        obj = getattr(module, node.name, None) if module is not None else None
-        if isinstance(node, ast.ClassDef):
-            bases = ', '.join(ast.unparse(b) for b in node.bases)
-            init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == '__init__'), None)
-            sig = _sig(obj, init) if (init is not None or obj is not None) else '()'
-            members = []
-            for item in node.body:
-                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and not item.name.startswith('_'):
-                    m = inspect.getattr_static(obj, item.name, None) if obj is not None else None
-                    m = m.__func__ if isinstance(m, (staticmethod, classmethod)) else m
-                    kind = next((ast.unparse(d) for d in item.decorator_list
-                                 if ast.unparse(d) in ('staticmethod', 'classmethod', 'property')), '')
-                    members.append(dict(name=item.name, kind=kind, signature='' if kind == 'property' else _sig(m, item),
-                                        doc=(_doc(m, item).splitlines() or [''])[0]))
-                elif isinstance(item, ast.Assign):
-                    for t in item.targets:
-                        if isinstance(t, ast.Name) and not t.id.startswith('_'):
-                            is_prop = isinstance(item.value, ast.Call) and ast.unparse(item.value.func) == 'property'
-                            members.append(dict(name=t.id, kind='property' if is_prop else 'attribute',
-                                                signature='', doc=''))
-            out.append(dict(name=node.name, kind='class', bases=bases, signature=sig, doc=_doc(obj, node),
-                            members=members))
-        else:
-            out.append(dict(name=node.name, kind='function', signature=_sig(obj, node), doc=_doc(obj, node),
-                            members=[]))
-    return out
-
-
-def _api_html(entries, md) -> str:
-    parts = []
-    for e in entries:
-        head = f'class {e["name"]}' + (f'({e["bases"]})' if e.get('bases') else '') if e['kind'] == 'class' else e['name']
-        sig = f'{e["name"]}{e["signature"]}'
-        doc = md(e['doc']) if e['doc'] else ''
-        members = ''
-        if e['members']:
-            rows = []
-            for m in e['members']:
-                label = f'{e["name"]}.{m["name"]}{m["signature"]}'
-                note = f' <em>({m["kind"]})</em>' if m['kind'] in ('property', 'attribute', 'staticmethod', 'classmethod') else ''
-                rows.append(f'<dt id="{e["name"]}.{m["name"]}"><code>{html.escape(label)}</code>{note}</dt>'
-                            f'<dd>{_inline_md(md, m["doc"])}</dd>')
-            members = f'<dl class="api-methods">{"".join(rows)}</dl>'
-        parts.append(f'<div class="api-entry" id="{e["name"]}"><h3 class="api-name">{html.escape(head)}</h3>'
-                     f'<pre class="api-signature"><code>{html.escape(sig)}</code></pre>'
-                     f'<div class="api-doc">{doc}</div>{members}</div>')
-    return '\n'.join(parts)
-
-
-def _inline_md(md, text: str) -> str:
-    out = md(text).strip() if text else ''
-    return out[3:-4] if out.startswith('<p>') and out.endswith('</p>') else out
-
-
-# ---------------------------------------------------------------------------------------------------- markdown
-def _slug(text: str) -> str:
-    text = re.sub(r'<[^>]+>', '', html.unescape(text)).lower()
-    return re.sub(r'[^\w]+', '-', text).strip('-') or 'section'
-
-
-class _Markdown:
-    "Markdown to HTML (nbconvert's mistune setup) with Quarto's math markup and unique heading ids."
-
-    def __init__(self):
-        from nbconvert.filters.markdown_mistune import IPythonRenderer, MarkdownWithMath
-        from pygments import highlight
-        from pygments.formatters import HtmlFormatter
-        from pygments.lexers import get_lexer_by_name
-        self.ids, self.headings = set(), []
-        outer = self
-
-        class Renderer(IPythonRenderer):
-            # Math was taken out before parsing (`_protect_math`): dollars left are text, not math.
-            def block_math(self, body):
-                return html.escape(f'$${body}$$', quote=False)
-
-            def inline_math(self, body):
-                return html.escape(f'${body}$', quote=False)
-
-            def latex_environment(self, name, body):
-                tex = html.escape(f'\\begin{{{name}}}{body}\\end{{{name}}}', quote=False)
-                return f'<span class="math display">{tex}</span>'
-
-            def heading(self, text, level, **attrs):
-                return outer.heading(text, level)
-
-            def block_code(self, code, info=None):
-                lang = (info or '').split()[0] if (info or '').strip() else ''
-                try:
-                    lexer = get_lexer_by_name(lang) if lang else None
-                except Exception:
-                    lexer = None
-                if lexer is None:
-                    return f'<pre><code>{html.escape(code)}</code></pre>\n'
-                return highlight(code, lexer, HtmlFormatter())
-
-        self._md = MarkdownWithMath(renderer=Renderer(escape=False))
-
-    def heading(self, text, level, toc=True):
-        base = _slug(text)
-        hid, n = base, 1
-        while hid in self.ids:
-            n += 1
-            hid = f'{base}-{n}'
-        self.ids.add(hid)
-        if toc and level in (2, 3):
-            self.headings.append((level, hid, re.sub(r'<[^>]+>', '', text)))
-        return f'<h{level} id="{hid}" class="anchored">{text}<a class="anchor-link" href="#{hid}">¶</a></h{level}>\n'
-
-    def __call__(self, text: str) -> str:
-        text, maths = _protect_math(text)
-        first = len(self.headings)
-        out = self._md.render(text)
-        for i, (display, tex) in enumerate(maths):
-            kind = 'display' if display else 'inline'
-            out = out.replace(f'zzMATH{i}zz', f'<span class="math {kind}">{html.escape(tex, quote=False)}</span>', 1)
-        for k in range(first, len(self.headings)):     # math in a heading: the page's table of contents too
-            level, hid, title = self.headings[k]
-            for i, (_, tex) in enumerate(maths):
-                title = title.replace(f'zzMATH{i}zz', f'<span class="math inline">{html.escape(tex, quote=False)}</span>')
-            self.headings[k] = (level, hid, markupsafe.Markup(title))  # already HTML (tags stripped)
-        return out
-
-
-# Code first (its dollars are not math), then $$display$$, then $inline$ (pandoc's rule: no space inside the dollars).
-_MATH_OR_CODE = re.compile(r'(?P<fence>^[ \t]*(?P<ticks>```+|~~~+).*?^[ \t]*(?P=ticks)[ \t]*$)'
-                           r'|(?P<code>(?P<bt>`+).+?(?P=bt))'
-                           r'|(?<!\\)\$\$(?P<display>.+?)(?<!\\)\$\$'
-                           r'|(?<![\\$])\$(?P<inline>[^\s$](?:[^$]*?[^\s\\$])?)\$(?!\d)',
-                           re.MULTILINE | re.DOTALL)
-
-
-def _protect_math(text: str):
-    """Take the math out of markdown before it is parsed (as Jupyter does), so that a line of an equation that
-    starts with `+` or `-` is not read as a list: text with placeholders, and [(display, tex)]."""
-    maths = []
-
-    def sub(m):
-        if m.group('fence') or m.group('code'):
-            return m.group(0)
-        display = m.group('display') is not None
-        maths.append((display, m.group('display') if display else m.group('inline')))
-        return f'zzMATH{len(maths) - 1}zz'
-    return _MATH_OR_CODE.sub(sub, text), maths
-
-
-def _highlight(code: str) -> str:
-    from pygments import highlight
-    from pygments.formatters import HtmlFormatter
-    from pygments.lexers import PythonLexer
-    return highlight(code, PythonLexer(), HtmlFormatter())
-
-
-_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
-
-
 # ------------------------------------------------------------------------------------------------------- staging
-def _title_and_body(text: str):
-    "Split a leading `# Title` and `> description` off a markdown cell (nbdev's front matter convention)."
-    lines = text.strip('\n').splitlines()
-    if not lines or not lines[0].startswith('# '):
-        return None, None, text
-    title, i, desc = lines[0][2:].strip(), 1, []
-    while i < len(lines) and not lines[i].strip():
-        i += 1
-    while i < len(lines) and lines[i].startswith('>'):
-        desc.append(lines[i][1:].strip())
-        i += 1
-    return title, ' '.join(desc) or None, '\n'.join(lines[i:])
+_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+_HEADING = re.compile(r'^#{1,6}\s+(.+?)\s*#*\s*$', re.MULTILINE)
+
+
+def _fence(code: str, lang: str = 'python', indent: str = '') -> str:
+    "A fenced code block that no backtick run inside `code` can close."
+    ticks = '`' * max(3, 1 + max((len(m) for m in re.findall(r'`+', code)), default=0))
+    body = '\n'.join(indent + line if line else '' for line in code.rstrip('\n').splitlines())
+    return f'{indent}{ticks}{lang}\n{body}\n{indent}{ticks}'
+
+
+def _links(text: str, names: set) -> str:
+    "Links to a page of the course (`04_embeddings.ipynb#x`, `instructors.qmd`) as links to its Markdown page."
+    def sub(m):
+        stem = Path(m.group(2)).stem
+        return f'{m.group(1)}{stem}.md{m.group(4) or ""})' if stem in names else m.group(0)
+    return re.sub(r'(\]\()([^)#\s]*?([^/)#\s]+)\.(?:ipynb|qmd))(#[^)\s]*)?\)', sub, text)
 
 
 def _safe_outputs(outputs) -> list:
     "The outputs a student page may show: no errors, no stderr (tracebacks and warnings quote source lines)."
-    keep = []
-    for o in outputs:
-        t = o.get('output_type')
-        if t == 'stream' and o.get('name') == 'stdout':
-            keep.append(o)
-        elif t in ('display_data', 'execute_result'):
-            keep.append(o)
-    return keep
+    return [o for o in outputs if (o.get('output_type') == 'stream' and o.get('name') == 'stdout')
+            or o.get('output_type') in ('display_data', 'execute_result')]
 
 
-def stage_notebook(path: Path, executed=None, text: str = None) -> dict:
-    """One module page from the student version of `path`: {'title', 'description', 'cells', 'student'}.
+def _output_md(o, figure) -> str:
+    "One output as Markdown; `figure(data, ext)` stores an image and returns its <figure> block."
+    if o.get('output_type') == 'stream':
+        return _fence(_ANSI.sub('', o.get('text', '')), 'text')
+    data = o.get('data', {})
+    for mime, ext in (('image/svg+xml', 'svg'), ('image/png', 'png'), ('image/jpeg', 'jpg')):
+        if mime in data:
+            return figure(data[mime], ext)
+    if 'text/markdown' in data:
+        return data['text/markdown']
+    if 'text/html' in data:
+        return f'<div class="output-html" markdown="0">{data["text/html"]}</div>'
+    if 'text/plain' in data:
+        return _fence(_ANSI.sub('', data['text/plain']), 'text')
+    return ''
 
-    `cells` are dicts of kind 'markdown' (text), 'api' (entries), 'code' (source, outputs, check).
-    `executed` is the executed instructor notebook whose outputs may be grafted."""
+
+def stage_notebook(path: Path, executed, text: str, names: set, out: Path) -> dict:
+    """The page of `path` (its student version) as Markdown, written to `out/<stem>.md` with its figures and
+    (for a module) the student notebook in `out/notebooks/`. Returns {'title', 'figures', 'download', 'module'}."""
     from .release import strip_locked_marker, student_version
-    instructor = nbformat.reads(path.read_text(encoding='utf-8') if text is None else text, as_version=4)
-    module_nb = bool(re.match(r'\d\d_', path.name))
-    student = student_version(copy.deepcopy(instructor)) if module_nb else copy.deepcopy(instructor)
+    instructor = nbformat.reads(text, as_version=4)
+    module = bool(re.match(r'\d\d_', path.name))
+    student = student_version(copy.deepcopy(instructor)) if module else copy.deepcopy(instructor)
     if executed is not None and [c.get('id') for c in executed.cells] != [c.get('id') for c in instructor.cells]:
         _log(f'{path.name}: the executed copy does not match the notebook cell for cell; no outputs shown')
         executed = None
-    modname = _default_exp(instructor)
-    module = None
-    if modname:
-        try:
-            module = importlib.import_module(f'tinytorch.{modname}')
-        except Exception as e:                            # a half-written module: signatures from the source
-            _log(f'{path.name}: cannot import tinytorch.{modname} ({type(e).__name__}); API from the notebook source')
-    title = description = None
-    cells = []
+    ex_names = exercises(instructor) if module else {}
+    stem, title, section, blocks, figures = path.stem, None, None, [], []
+    download = None
+    if module:
+        (out / 'notebooks').mkdir(exist_ok=True)
+        nbformat.write(student, out / 'notebooks' / f'{stem}.ipynb')
+        download = f'notebooks/{stem}.ipynb'
+
+    def figure(payload, ext, caption):
+        import base64
+        name = f'{stem}_files/figure-{len(figures) + 1}.{ext}'
+        (out / name).parent.mkdir(exist_ok=True)
+        if ext == 'svg':
+            (out / name).write_text(payload if isinstance(payload, str) else ''.join(payload), encoding='utf-8')
+        else:
+            (out / name).write_bytes(base64.b64decode(payload))
+        figures.append(name)
+        caption = caption or (f'{section}' if section else title)
+        cap = f'Figure {len(figures)}. {caption}'
+        return (f'<figure markdown="span">\n  ![{html.escape(cap)}]({name})\n'
+                f'  <figcaption markdown="span">{cap}</figcaption>\n</figure>')
+
     for i, (cell, orig) in enumerate(zip(student.cells, instructor.cells)):
         if cell.cell_type == 'markdown':
-            text = cell.source
-            if title is None:
-                t, d, rest = _title_and_body(text)
-                if t is not None:
-                    title, description, text = t, d, rest
-            if text.strip():
-                cells.append(dict(kind='markdown', text=text))
+            # `$$a$$` and `$$b$$` on adjacent lines are two equations (as in Jupyter), not one from `$$a` to `b$$`
+            md = re.sub(r'\$\$[ \t]*\n[ \t]*\$\$', '$$\n\n$$', _links(cell.source, names))
+            heads = _HEADING.findall(md)
+            if title is None and md.lstrip().startswith('# '):
+                title = heads[0]
+                blocks.append(md)
+                if download:                        # the download button, under the title and its subtitle
+                    blocks.append(f'<a class="md-button md-button--primary" href="{download}" download>'
+                                  f'Download the student notebook ({stem}.ipynb)</a>')
+            else:
+                blocks.append(md)
+            heads = [h for h in heads if not h.startswith('Exercise ')]   # a figure illustrates a section
+            if heads:
+                section = re.sub(r'\$([^$]*)\$', r'\1', heads[-1])
             continue
-        if cell.cell_type != 'code':
-            continue
-        src = strip_locked_marker(cell.source)        # "(read-only)" first lines are for JupyterLab, not the site
+        if cell.cell_type != 'code' or (title is None and not blocks):
+            continue                                # setup cells above the title (imports) are not shown
+        src = strip_locked_marker(cell.source)      # "(read-only)" first lines are for JupyterLab, not the site
         d, body = directives(src)
-        if 'hide' in d or 'default_exp' in d or 'exporti' in d or _false(d.get('include', 'true')) or not body.strip():
+        if ({'hide', 'default_exp', 'exporti'} & d.keys() or _false(d.get('include', 'true')) or not body.strip()
+                or 'nbdev_export()' in body):
             continue
-        if {'export', 'exports'} & d.keys():
-            entries = api_entries(body, module)
-            if entries:
-                cells.append(dict(kind='api', entries=entries))
+        meta = nbgrader_meta(orig)
+        if not module and (meta.get('solution') or meta.get('grade')):
+            continue                                # nbgrader cells outside a module: never shown
+        code = body if not _false(d.get('echo', 'true')) else ''
+        if meta.get('solution'):
+            name = ex_names.get(meta.get('grade_id'), '').replace('"', "'")
+            blocks.append(f'!!! example "Exercise {name} (your code replaces the `raise`)"\n\n'
+                          + _fence(code, indent='    '))
             continue
-        meta = nbgrader_meta(cell)
-        if not module_nb and (meta.get('solution') or meta.get('grade')):
-            continue                                      # nbgrader cells outside a module: never shown
-        outputs = []
-        if (executed is not None and not meta.get('solution') and not meta.get('grade')
-                and src == orig.source and not _false(d.get('output', 'true'))):
-            outputs = _safe_outputs(executed.cells[i].get('outputs', []))
-        show_source = not _false(d.get('echo', 'true'))
-        cells.append(dict(kind='code', source=body if show_source else '', outputs=outputs,
-                          check=bool(meta.get('grade'))))
-    return dict(title=title or path.stem, description=description, cells=cells, student=student)
+        if meta.get('grade'):
+            blocks.append(f'!!! success "Graded check ({meta.get("points", 0):g} points; hidden tests are added '
+                          f'when grading)"\n\n' + _fence(code, indent='    '))
+            continue
+        if code:
+            blocks.append(_fence(code))
+        if executed is not None and src == orig.source and not _false(d.get('output', 'true')):
+            cap = d.get('fig_cap', '').strip('"\'')
+            for o in _safe_outputs(executed.cells[i].get('outputs', [])):
+                blocks.append(_output_md(o, lambda data, ext: figure(data, ext, cap)))
+    (out / f'{stem}.md').write_text('\n\n'.join(b for b in blocks if b.strip()) + '\n', encoding='utf-8')
+    return dict(name=stem, title=title or stem, figures=len(figures), download=download, module=module)
 
 
-def stage_markdown(path: Path) -> dict:
-    "A `.qmd`/`.md` page: YAML front matter (title, description) and markdown."
+def stage_markdown(path: Path, names: set, out: Path, exercise_md: str) -> dict:
+    "A `.qmd`/`.md` page: its YAML front matter (title, description) becomes the heading and subtitle."
     text = path.read_text(encoding='utf-8')
     meta = {}
     m = re.match(r'^---\s*\n(.*?)\n---\s*\n', text, re.DOTALL)
     if m:
         meta, text = yaml.safe_load(m.group(1)) or {}, text[m.end():]
-    title, desc = meta.get('title'), meta.get('description')
-    if title is None:
-        title, desc, text = _title_and_body(text)
-    return dict(title=title or path.stem, description=desc, cells=[dict(kind='markdown', text=text)], student=None)
+    title = meta.get('title') or path.stem
+    head = f'# {title}\n\n' + (f'> {meta["description"]}\n\n' if meta.get('description') else '')
+    text = _links(text.replace('<!-- exercise-table -->', exercise_md), names)
+    (out / f'{path.stem}.md').write_text(head + text, encoding='utf-8')
+    return dict(name=path.stem, title=title, figures=0, download=None, module=False)
 
 
 def exercise_table(nbs) -> str:
@@ -502,184 +320,17 @@ def exercise_table(nbs) -> str:
         graded = [nbgrader_meta(c) for c in nb['cells'] if nbgrader_meta(c).get('grade')]
         pts = sum(g.get('points', 0) for g in graded)
         names = '<br>'.join(html.escape(e) for e in ex) or '—'
-        rows.append(f'| [{p.stem}]({p.stem}.html) | {names} | {len(graded)} | {pts:g} |')
+        rows.append(f'| [{p.stem}]({p.stem}.md) | {names} | {len(graded)} | {pts:g} |')
     return '\n'.join(rows)
 
 
-# ---------------------------------------------------------------------------------------------------- rendering
-PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{ page.title }} – {{ site.title }}</title>
-{% if page.description %}<meta name="description" content="{{ page.description }}">{% endif %}
-<link rel="icon" href="data:,">
-<link rel="stylesheet" href="katex/katex.min.css">
-<link rel="stylesheet" href="pygments.css">
-<link rel="stylesheet" href="styles.css">
-<script defer src="katex/katex.min.js"></script>
-<script defer src="site.js"></script>
-</head>
-<body>
-<nav class="site-navbar">
-  <a class="site-title" href="index.html">{{ site.title }}</a>
-  <span class="site-nav">{% for item in navbar %}<a href="{{ item.href }}">{{ item.text }}</a>{% endfor %}</span>
-</nav>
-<div class="site-body">
-<aside class="site-sidebar" aria-label="Pages">
-{{ sidebar }}
-</aside>
-<main class="page-main" id="quarto-document-content">
-<header class="page-header">
-<h1 class="page-title title">{{ page.title }}</h1>
-{% if page.description %}<div class="description">{{ page.description_html }}</div>{% endif %}
-{% if page.download %}<p class="page-download"><a href="{{ page.download }}" download>Download the student notebook ({{ page.download_name }})</a></p>{% endif %}
-</header>
-{{ body }}
-</main>
-<nav class="page-toc" aria-label="On this page">
-{% if toc %}<div class="toc-title">On this page</div><ul>{% for level, hid, text in toc %}<li class="toc-h{{ level }}"><a href="#{{ hid }}">{{ text }}</a></li>{% endfor %}</ul>{% endif %}
-</nav>
-</div>
-<footer class="page-footer">{{ footer }}</footer>
-</body>
-</html>
-"""
-
-SITE_JS = """// Typeset every .math element with the KaTeX shipped in katex/ (no network).
-document.addEventListener('DOMContentLoaded', function () {
-  document.querySelectorAll('.math').forEach(function (el) {
-    katex.render(el.textContent, el, {displayMode: el.classList.contains('display'), throwOnError: false});
-  });
-  document.documentElement.dataset.mathTypeset = 'true';
-});
-"""
-
-
-def _href(target: str, pages: dict) -> str:
-    "A link to a document of the project (`00_tensor.ipynb`, `instructors.qmd#x`) as its page, else unchanged."
-    base, sep, frag = target.partition('#')
-    stem = Path(base).stem
-    if '/' not in base and Path(base).suffix in ('.ipynb', '.qmd', '.md') and stem in pages:
-        return f'{stem}.html{sep}{frag}'
-    return target
-
-
-def _link_code(fragment: str, symbols: dict, pages: dict, here: str) -> str:
-    "Link `Name`, `Name.method`, `Name()` and `00_name.ipynb` code spans to their page (not inside links or pre)."
-    def sub(m):
-        if m.group(1):
-            return m.group(0)
-        name = html.unescape(m.group(2))
-        key = name[:-2] if name.endswith('()') else name
-        target = symbols.get(key)
-        if target is None and key.endswith('.ipynb') and Path(key).stem in pages:
-            target = f'{Path(key).stem}.html'
-        if target is None:
-            return m.group(0)
-        if target.startswith(f'{here}#'):
-            target = target[len(here):]
-        return f'<a href="{target}"><code>{m.group(2)}</code></a>'
-    pieces = re.split(r'(<h[1-6]\b.*?</h[1-6]>)', fragment, flags=re.DOTALL)   # headings stay as they are
-    return ''.join(p if p.startswith('<h') else re.sub(r'(<a\b[^>]*>|<pre>)?<code>([^<]*)</code>', sub, p)
-                   for p in pieces)
-
-
-def _rewrite_links(fragment: str, pages: dict) -> str:
-    def sub(m):
-        target = _href(m.group(2), pages)
-        extra = ' download' if target.startswith('notebooks/') and target.endswith('.ipynb') else ''
-        return f'{m.group(1)}"{target}"{extra}'
-    return re.sub(r'(<a\s[^>]*?href=)"([^"]*)"', sub, fragment)
-
-
-def _output_html(o, page: str, figures: list, site: Path, md) -> str:
-    t = o.get('output_type')
-    if t == 'stream':
-        return f'<pre class="cell-output-stdout"><code>{html.escape(_ANSI.sub("", o.get("text", "")))}</code></pre>'
-    data = o.get('data', {})
-    for mime, ext in (('image/svg+xml', 'svg'), ('image/png', 'png'), ('image/jpeg', 'jpg')):
-        if mime in data:
-            n = len(figures) + 1
-            name = f'figures/{page}-{n}.{ext}'
-            (site / 'figures').mkdir(exist_ok=True)
-            payload = data[mime]
-            if ext == 'svg':
-                (site / name).write_text(payload if isinstance(payload, str) else ''.join(payload), encoding='utf-8')
-            else:
-                import base64
-                (site / name).write_bytes(base64.b64decode(payload))
-            figures.append(name)
-            alt = html.escape(f'Figure {n} of {page}')
-            return f'<img class="figure" src="{name}" alt="{alt}">'
-    if 'text/html' in data:
-        return f'<div class="output-html">{data["text/html"]}</div>'
-    if 'text/markdown' in data:
-        return md(data['text/markdown'])
-    if 'text/latex' in data:
-        return md(data['text/latex'])
-    if 'text/plain' in data:
-        return f'<pre class="cell-output-display"><code>{html.escape(_ANSI.sub("", data["text/plain"]))}</code></pre>'
-    return ''
-
-
-def _render_body(page: dict, name: str, symbols: dict, pages: dict, site: Path):
-    md = _Markdown()
-    parts, figures = [], []
-
-    def prose(text):
-        return _link_code(_rewrite_links(md(text), pages), symbols, pages, f'{name}.html')
-
-    for c in page['cells']:
-        if c['kind'] == 'markdown':
-            parts.append(f'<div class="cell cell-markdown">{prose(c["text"])}</div>')
-        elif c['kind'] == 'api':
-            parts.append(f'<div class="cell cell-api">{_api_html(c["entries"], prose)}</div>')
-        else:
-            inner = []
-            if c['check']:
-                inner.append('<div class="cell-label">Graded check (the instructor adds hidden tests when grading)</div>')
-            if c['source'].strip():
-                inner.append(f'<div class="cell-input sourceCode">{_highlight(c["source"])}</div>')
-            outs = [_output_html(o, name, figures, site, md) for o in c['outputs']]
-            if any(outs):
-                inner.append(f'<div class="cell-output">{"".join(outs)}</div>')
-            cls = 'cell cell-code' + (' cell-check' if c['check'] else '')
-            parts.append(f'<div class="{cls}">{"".join(inner)}</div>')
-    return '\n'.join(parts), md.headings, figures
-
-
-def _sidebar_items(contents, nbs: Path, pages: dict) -> list:
-    "Resolve Quarto sidebar `contents` (paths, globs, `section`s, `href`/`text` items) to built pages."
-    items = []
-    if isinstance(contents, str):
-        contents = [contents]
-    for entry in contents or []:
-        if isinstance(entry, str):
-            paths = sorted(nbs.glob(entry)) if any(ch in entry for ch in '*?[') else [nbs / entry]
-            for p in paths:
-                if p.stem in pages:
-                    items.append(('page', p.stem, pages[p.stem]['title']))
-        elif isinstance(entry, dict) and 'section' in entry:
-            items.append(('section', entry['section'], _sidebar_items(entry.get('contents'), nbs, pages)))
-        elif isinstance(entry, dict) and 'href' in entry:
-            stem = Path(entry['href']).stem
-            if stem in pages:
-                items.append(('page', stem, entry.get('text') or pages[stem]['title']))
-    return items
-
-
-def _sidebar_html(items, here: str) -> str:
-    out = ['<ul>']
-    for kind, a, b in items:
-        if kind == 'page':
-            active = ' class="active" aria-current="page"' if a == here else ''
-            out.append(f'<li><a href="{a}.html"{active}>{html.escape(b)}</a></li>')
-        else:
-            out.append(f'<li><div class="section-title">{html.escape(a)}</div>{_sidebar_html(b, here)}</li>')
-    out.append('</ul>')
-    return ''.join(out)
+def api_page(module: str, title: str, out: Path) -> str:
+    "The API reference of `tinytorch.<module>`, left to mkdocstrings (signatures and docstrings, never source)."
+    (out / 'api').mkdir(exist_ok=True)
+    (out / 'api' / f'{module}.md').write_text(
+        f'# tinytorch.{module}\n\n> The API of module {title}: signatures and docstrings of the reference package.\n\n'
+        f'::: tinytorch.{module}\n    options:\n      show_root_heading: false\n', encoding='utf-8')
+    return f'api/{module}.md'
 
 
 # --------------------------------------------------------------------------------------------------- leak check
@@ -714,15 +365,18 @@ def _squash(text: str) -> str:
     return re.sub(r'\s+', ' ', text)
 
 
+_TAG = re.compile(r'<[^>]*>')
+_ATTR = re.compile(r'\s[\w:.-]+\s*=\s*(?:"([^"]*)"|\'([^\']*)\')')
+_WORD = re.compile(r'\w+')
+
+
 def text_views(path: Path) -> list:
     "Ways a line can hide in a built file: raw, HTML-unescaped, the text of the HTML, JSON-decoded strings."
     raw = path.read_bytes().decode('utf-8', errors='replace')
     views = [raw, html.unescape(raw), raw.replace('\\n', '\n').replace('\\"', '"').replace("\\'", "'")]
     if path.suffix in ('.html', '.htm', '.svg', '.xml'):
-        from bs4 import BeautifulSoup
-        soup = BeautifulSoup(raw, 'html.parser')
-        views.append(soup.get_text())
-        views.append(' '.join(str(v) for tag in soup.find_all(True) for v in tag.attrs.values()))
+        views.append(html.unescape(_TAG.sub('', raw)))                       # the text, tags removed
+        views.append(' '.join(html.unescape(a or b) for a, b in _ATTR.findall(raw)))   # attribute values
     if path.suffix in ('.json', '.ipynb', '.map'):
         try:
             views.append('\n'.join(_json_strings(json.loads(raw))))
@@ -732,104 +386,90 @@ def text_views(path: Path) -> list:
 
 
 def find_leaks(site, nbs=None, lines=None) -> list:
-    "[(file, notebook, line)] for every secret line of `nbs` (or the given {line: notebook}) found in `site`."
+    """[(file, notebook, line)] for every secret line of `nbs` (or the given {line: notebook}) found in `site`.
+
+    Exact substring search in every view of every text file; a line is searched for only in files that hold
+    each of its inner words (its first and last words may be the ends of longer ones), which spares most of it."""
     lines = secrets(nbs) if lines is None else lines
-    wanted = {_squash(k): v for k, v in lines.items()}
+    wanted = {}
+    for k, v in lines.items():
+        line = _squash(k)
+        wanted[line] = (v, set(_WORD.findall(line)[1:-1]))
     leaks = []
     for f in sorted(Path(site).rglob('*')):
         if not f.is_file() or f.suffix.lower() not in TEXT_SUFFIXES:
             continue
         views = text_views(f)
-        for line, nb in wanted.items():
-            if any(line in v for v in views):
+        words = set().union(*(_WORD.findall(v) for v in views))
+        for line, (nb, inner) in wanted.items():
+            if inner <= words and any(line in v for v in views):
                 leaks.append((str(f.relative_to(site)), nb, line))
     return leaks
 
 
 # --------------------------------------------------------------------------------------------------------- build
+def _pages(nbs: Path) -> list:
+    "The site's sources in course order: `index.ipynb`, every `NN_*.ipynb`, then the `.qmd`/`.md` pages."
+    first = [nbs / 'index.ipynb'] if (nbs / 'index.ipynb').exists() else []
+    rest = sorted(p for p in list(nbs.glob('*.qmd')) + list(nbs.glob('*.md')) if not p.name.startswith(('_', '.')))
+    return first + course_notebooks(nbs) + rest
+
+
 def build(nbs='nbs', out='_site', cache='_docs_cache', execute: bool = True, jobs: int = 2,
-          timeout: int = 1800, strict: bool = False) -> dict:
-    """Render the student site of `nbs` into `out`; return a report {'pages': [...], 'seconds': ...}.
+          timeout: int = 1800, strict: bool = False, stage='_docs_build', config=None) -> dict:
+    """Stage the student pages of `nbs`, render them with MkDocs into `out`; return {'pages': [...], 'seconds'}.
 
     Raises `LeakError` (leaving `out` untouched) when a built file contains a solution or hidden-test line.
     A notebook that cannot be staged is left out with a warning, or raises with `strict`."""
     t0 = time.time()
-    nbs, out, cache = Path(nbs).resolve(), Path(out).resolve(), Path(cache).resolve()
-    cfg = site_config(nbs)
-    website = cfg.get('website') or {}
-    targets = render_targets(nbs, cfg)
-    modules = [p for p in targets if p.suffix == '.ipynb' and re.match(r'\d\d_', p.name)]
-    sources = {p: p.read_text(encoding='utf-8') for p in targets if p.suffix == '.ipynb'}   # one snapshot
+    nbs, out, cache, stage = Path(nbs).resolve(), Path(out).resolve(), Path(cache).resolve(), Path(stage).resolve()
+    config = Path(config).resolve() if config else ROOT / 'mkdocs.yml'
+    sources = {p: p.read_text(encoding='utf-8') for p in _pages(nbs)}          # one snapshot
+    modules = [p for p in sources if re.match(r'\d\d_', p.name)]
     executed = {}
     if execute and modules:
         executed = execute_notebooks({p: sources[p] for p in modules}, cache, nbs.parent, jobs=jobs,
                                      timeout=timeout)
 
-    pages = {}
-    for p in targets:
+    docs = stage / 'docs'
+    shutil.rmtree(stage, ignore_errors=True)
+    docs.mkdir(parents=True)
+    shutil.copytree(ASSETS, docs / 'assets', ignore=shutil.ignore_patterns('README.md'))
+    names = {p.stem for p in sources}
+    report, api = [], []
+    for p, text in sources.items():
         try:
             if p.suffix == '.ipynb':
-                pages[p.stem] = stage_notebook(p, executed.get(p), sources[p])
-                pages[p.stem]['module'] = p in modules
+                page = stage_notebook(p, executed.get(p), text, names, docs)
+                mod = _default_exp(nbformat.reads(text, as_version=4)) if page['module'] else None
+                if mod and importlib.util.find_spec(f'tinytorch.{mod}') is None:
+                    _log(f'{p.name}: tinytorch.{mod} is not in the package (run nbdev-export); no API page')
+                elif mod:
+                    api.append({f'tinytorch.{mod}': api_page(mod, page['title'], docs)})
             else:
-                pages[p.stem] = stage_markdown(p)
-                pages[p.stem]['module'] = False
+                page = stage_markdown(p, names, docs, exercise_table(nbs))
         except Exception as e:
             if strict:
                 raise
             _log(f'{p.name}: left out of the site ({type(e).__name__}: {e})')
-    for page in pages.values():                          # generated content a .qmd can ask for
-        for c in page['cells']:
-            if c['kind'] == 'markdown' and '<!-- exercise-table -->' in c['text']:
-                c['text'] = c['text'].replace('<!-- exercise-table -->', exercise_table(nbs))
-
-    symbols = {}
-    for name, page in pages.items():
-        for c in page['cells']:
-            for e in c.get('entries', []) if c['kind'] == 'api' else []:
-                symbols.setdefault(e['name'], f'{name}.html#{e["name"]}')
-                for m in e['members']:
-                    symbols.setdefault(f'{e["name"]}.{m["name"]}', f'{name}.html#{e["name"]}.{m["name"]}')
-
+            continue
+        page['file'] = f"{page['name']}.html"
+        report.append(page)
+    nav = ([{'Home': 'index.md'}] if any(p['name'] == 'index' for p in report) else []) \
+        + [{'Modules': [{p['title']: f"{p['name']}.md"} for p in report if p['module']]}] \
+        + ([{'API reference': api}] if api else []) \
+        + [{p['title']: f"{p['name']}.md"} for p in report if not p['module'] and p['name'] != 'index']
     tmp = out.with_name(out.name + '.tmp')
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copytree(ASSETS / 'katex', tmp / 'katex', ignore=shutil.ignore_patterns('README.md'))
-    shutil.copy(nbs / 'styles.css', tmp / 'styles.css')
-    from pygments.formatters import HtmlFormatter
-    (tmp / 'pygments.css').write_text(HtmlFormatter().get_style_defs('.highlight'), encoding='utf-8')
-    (tmp / 'site.js').write_text(SITE_JS, encoding='utf-8')
-    (tmp / 'notebooks').mkdir()
-
-    import jinja2
-    template = jinja2.Environment(autoescape=True).from_string(PAGE)
-    sidebar = _sidebar_items((website.get('sidebar') or {}).get('contents'), nbs, pages)
-    navbar = []
-    for item in (website.get('navbar') or {}).get('left', []):
-        item = {'href': item} if isinstance(item, str) else item
-        stem = Path(item['href']).stem
-        if stem in pages:
-            navbar.append(dict(href=_href(item['href'], pages), text=item.get('text') or pages[stem]['title']))
-    footer = website.get('page-footer', {})
-    footer = footer.get('left', '') if isinstance(footer, dict) else str(footer)
-    md = _Markdown()
-    report = []
-    for name, page in pages.items():
-        body, toc, figures = _render_body(page, name, symbols, pages, tmp)
-        download = None
-        if page['module'] and page['student'] is not None:
-            nbformat.write(page['student'], tmp / 'notebooks' / f'{name}.ipynb')
-            download = f'notebooks/{name}.ipynb'
-        desc_html = _inline_md(md, page['description']) if page['description'] else ''
-        text = template.render(
-            site=dict(title=website.get('title', 'tinytorch')), navbar=navbar, footer=footer,
-            sidebar=_markup(_sidebar_html(sidebar, name)),
-            page=dict(title=page['title'], description=page['description'], description_html=_markup(desc_html),
-                      download=download, download_name=f'{name}.ipynb'),
-            body=_markup(body), toc=toc)
-        (tmp / f'{name}.html').write_text(text, encoding='utf-8')
-        report.append(dict(name=name, file=f'{name}.html', title=page['title'], figures=len(figures),
-                           module=page['module'], download=download))
+    (stage / 'mkdocs.yml').write_text(yaml.safe_dump(
+        {'INHERIT': str(config), 'docs_dir': str(docs), 'site_dir': str(tmp), 'nav': nav},
+        sort_keys=False, allow_unicode=True), encoding='utf-8')
+    run = subprocess.run([sys.executable, '-m', 'mkdocs', 'build', '--quiet', '-f', str(stage / 'mkdocs.yml')],
+                         cwd=config.parent, capture_output=True, text=True,
+                         env={**os.environ, 'NO_MKDOCS_2_WARNING': '1'})   # Material's notice (CONTRIBUTING.md)
+    if run.returncode:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f'mkdocs build failed:\n{run.stderr[-4000:]}')
 
     leaks = find_leaks(tmp, nbs)
     if leaks:
@@ -839,10 +479,9 @@ def build(nbs='nbs', out='_site', cache='_docs_cache', execute: bool = True, job
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
     seconds = time.time() - t0
-    _log(f'built {len(report)} pages into {out} in {seconds:.1f} s; leak check: clean')
-    return dict(pages=report, seconds=seconds, out=str(out))
-
-
-def _markup(s):
-    from markupsafe import Markup
-    return Markup(s)
+    _log(f'built {len(report)} pages (and {len(api)} API pages) into {out} in {seconds:.1f} s; leak check: clean')
+    api = [next(iter(a.values())) for a in api]
+    order = [f'{p["name"]}.html' for p in report if p['name'] == 'index'] \
+        + [p['file'] for p in report if p['module']] + [a.replace('.md', '.html') for a in api] \
+        + [p['file'] for p in report if not p['module'] and p['name'] != 'index']
+    return dict(pages=report, api=api, order=order, seconds=seconds, out=str(out))
