@@ -251,6 +251,8 @@ def stage_notebook(path: Path, executed, text: str, names: set, out: Path) -> di
         if cell.cell_type == 'markdown':
             # `$$a$$` and `$$b$$` on adjacent lines are two equations (as in Jupyter), not one from `$$a` to `b$$`
             md = re.sub(r'\$\$[ \t]*\n[ \t]*\$\$', '$$\n\n$$', _links(cell.source, names))
+            # a one-line `$$...$$` inside a paragraph or list item is a display equation (as in Jupyter): a block of its own
+            md = re.sub(r'^[ \t]*(\$\$[^\n]*\$\$)[ \t]*$', r'\n\1\n', md, flags=re.MULTILINE)
             heads = _HEADING.findall(md)
             if title is None and md.lstrip().startswith('# '):
                 title = heads[0]
