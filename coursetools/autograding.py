@@ -46,6 +46,7 @@ from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, Clea
 
 from . import sandbox
 from .guard import AUDIT_FD, END
+from .notebooks import parse_cell
 from .release import ExerciseStubs, LockGivenCells, strip_locked_marker
 
 META = 'tinytorch'                      # notebook metadata: what the grader found
@@ -94,19 +95,6 @@ def describe(cells, index) -> str:
 
 # ---------------------------------------------------------------------------------------------- reading code
 
-def _python(src: str):
-    "The module AST of a cell (IPython magics turned into Python first), or None if it does not parse."
-    try:
-        from IPython.core.inputtransformer2 import TransformerManager
-        src = TransformerManager().transform_cell(src)
-    except Exception:
-        pass
-    try:
-        return ast.parse(src)
-    except (SyntaxError, ValueError):
-        return None
-
-
 def _target_names(node) -> set:
     if isinstance(node, ast.Name):
         return {node.id}
@@ -119,7 +107,7 @@ def _target_names(node) -> set:
 
 def bindings(src: str, kinds=('import', 'def', 'assign')) -> set:
     "Names a cell binds at module level: imports, def/class, assignments (also inside if/for/with/try)."
-    tree = _python(src)
+    tree = parse_cell(src)
     names = set()
     if tree is None:
         return names
@@ -160,7 +148,7 @@ def _root(node):
 
 def imports(src: str) -> dict:
     "{name: what it is imported as}: `import numpy as np` -> {'np': 'numpy'}; `from a import b` -> {'b': 'a.b'}."
-    tree = _python(src)
+    tree = parse_cell(src)
     found = {}
     for node in ast.walk(tree) if tree else []:
         if isinstance(node, ast.Import):
@@ -176,7 +164,7 @@ def scan_cell(src: str, helpers: set, patchable: set, course_imports=None) -> li
     """What a student's cell does to the tests' machinery: rebinding a course helper (importing the same thing
     again is fine), patching a module or a helper, hooking into IPython, exec/eval. Returns short descriptions
     (empty: nothing suspicious)."""
-    tree = _python(src)
+    tree = parse_cell(src)
     if tree is None:
         return []
     found = []
@@ -239,7 +227,7 @@ def protection(release_nb, source_nb) -> dict:
                 capture[_gid(c)] = sorted(names)
             helpers |= bindings(c.source, kinds=('import', 'def')) - excluded
             imported.update(imports(c.source))
-            tree = _python(c.source)
+            tree = parse_cell(c.source)
             for node in ast.walk(tree) if tree else []:
                 if isinstance(node, ast.Import):
                     modules.update(a.asname or a.name.split('.')[0] for a in node.names)

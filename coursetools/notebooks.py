@@ -13,6 +13,20 @@ def course_notebooks(nbs: Path) -> list:
     return sorted(p for p in Path(nbs).glob('[0-9][0-9]_*.ipynb'))
 
 
+def parse_cell(src: str):
+    "The module AST of a code cell (IPython magics turned into Python first), or None if it does not parse."
+    import ast
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+        src = TransformerManager().transform_cell(src)
+    except Exception:
+        pass
+    try:
+        return ast.parse(src)
+    except (SyntaxError, ValueError):
+        return None
+
+
 def load(path) -> dict:
     return json.loads(Path(path).read_text(encoding='utf-8'))
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from .notebooks import (STUB, course_notebooks, exercise_titles, graded_cells, load, module_name, nbgrader_meta,
-                        source)
+                        parse_cell, source)
 
 NOT_RUN = 'NotRun'
 STATUSES = ('passed', 'failed', 'todo', 'blocked')
@@ -156,23 +156,11 @@ def _short(text: str, n: int = 1200) -> str:
     return text if len(text) <= n else text[:n] + ' ...'
 
 
-def _parse(src: str):
-    try:
-        from IPython.core.inputtransformer2 import TransformerManager
-        src = TransformerManager().transform_cell(src)
-    except Exception:
-        pass
-    try:
-        return ast.parse(src)
-    except (SyntaxError, ValueError):
-        return None
-
-
 def statements(src: str) -> list:
     """The cell's top-level statements as (first line, last line, bound, used, changed, imported): the names each
     binds, reads (also inside the functions it defines), changes in place (`x.a = ...`, `x[i] = ...`, a statement
     `x.f(...)`) and imports. None if the cell does not parse."""
-    tree = _parse(src)
+    tree = parse_cell(src)
     if tree is None:
         return None
     out = []
