@@ -34,9 +34,9 @@ collect: setup  ## submissions of assignment A (e.g. 00_tensor) from an LMS expo
 	$(need-course)
 	$(BIN)/python -m coursetools collect $(COURSE) $(A) $(FROM) $(if $(ID_REGEX),--id-regex '$(ID_REGEX)')
 
-grade: setup  ## autograde assignment A on all cores, then feedback HTML and COURSE/grades.csv
+grade: setup  ## autograde assignment A on Dask (all cores, or SCHEDULER=tcp://host:8786), feedback HTML, COURSE/grades.csv
 	$(need-course)
-	$(BIN)/python -m coursetools autograde $(COURSE) $(A)
+	$(BIN)/python -m coursetools autograde $(COURSE) $(A) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(JOBS),--jobs $(JOBS)) $(if $(REGRADE),--regrade)
 	$(BIN)/python -m coursetools feedback $(COURSE) $(A)
 	$(BIN)/python -m coursetools grades $(COURSE)
 

@@ -25,11 +25,16 @@ def main(argv=None):
     col.add_argument('assignment', help='e.g. 00_tensor')
     col.add_argument('folder', help='the export: one folder per student, holding the notebook (or a zip)')
     col.add_argument('--id-regex', help='regex whose first group is the student id in a folder name')
-    ag = sub.add_parser('autograde', help='autograde every submission of an assignment, in parallel')
+    ag = sub.add_parser('autograde', help='autograde every submission of an assignment, on Dask')
     ag.add_argument('course')
     ag.add_argument('assignment')
-    ag.add_argument('--jobs', type=int, help='processes (default: all cores; 0: this process)')
+    ag.add_argument('--scheduler', help='address of a running Dask scheduler, e.g. tcp://host:8786 (default: a '
+                    'local cluster)')
+    ag.add_argument('--jobs', type=int, help='local worker processes (default: all cores; 0: this process)')
     ag.add_argument('--student', action='append', help='only this student (repeatable)')
+    ag.add_argument('--regrade', action='store_true', help='grade again the submissions graded before (by '
+                    'default a run grades only what is new, changed, or left by an interrupted run)')
+    ag.add_argument('--no-progress', action='store_true', help='no progress bar')
     fb = sub.add_parser('feedback', help='HTML feedback per student')
     fb.add_argument('course')
     fb.add_argument('assignment')
@@ -72,7 +77,12 @@ def _course(args):
             state = f"graded from {r['file']}" if r['gradable'] else 'NOT gradable'
             print(f"{sid}: {state}" + (f"  ({'; '.join(r['flags'])})" if r['flags'] else ''))
     elif args.command == 'autograde':
-        course.autograde(args.course, args.assignment, students=args.student, jobs=args.jobs)
+        try:
+            course.autograde(args.course, args.assignment, students=args.student, jobs=args.jobs,
+                             scheduler=args.scheduler, regrade=args.regrade,
+                             progress=False if args.no_progress else None)
+        except KeyboardInterrupt:
+            return 130
     elif args.command == 'feedback':
         course.feedback(args.course, args.assignment)
     elif args.command == 'grades':
@@ -85,4 +95,4 @@ def _course(args):
 
 
 if __name__ == '__main__':
-    main()
+    raise SystemExit(main())
