@@ -134,6 +134,7 @@ def feedback_text(course_dir, sid):
 
 def test_scheduler_grades_like_the_local_cluster_and_nbgrader(tmp_path):
     cases = ['solved', 'cheat', 'crash']
+    (tmp_path / 'local').mkdir()
     local = small_course(tmp_path / 'local', [A])
     submissions(local, cases)
     remote = tmp_path / 'remote' / 'course'
