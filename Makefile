@@ -24,7 +24,7 @@ release: setup  ## the student kit -> _release/: notebooks, their tinytorch pack
 	$(BIN)/python -m coursetools release --out _release
 
 # Instructors: a term in a course directory outside the repository (COURSE=...), see README "For instructors".
-.PHONY: term collect grade formgrader grading-figures
+.PHONY: term collect grade formgrader grading-figures grading-dask-figures
 need-course = $(if $(COURSE),,$(error set COURSE=<course directory>, e.g. make $@ COURSE=~/tinytorch-course))
 term: setup  ## a course directory at COURSE: nbgrader config, gradebook, every module as an assignment, student kit
 	$(need-course)
@@ -46,6 +46,9 @@ formgrader: setup  ## JupyterLab in COURSE, with nbgrader's formgrader (Nbgrader
 
 grading-figures: setup  ## seconds per submission per module, and the speed-up of grading on 2 processes
 	$(BIN)/python -m coursetools grading-bench --students 4 --jobs 1 2
+
+grading-dask-figures: setup  ## module 00 on 1 and 2 local Dask workers against the former process pool
+	$(BIN)/python -m coursetools grading-bench --modules 00 --students 8 --jobs 1 2 --engines pool dask --out bench/grading_dask.json
 
 docs: setup  ## the student docs site -> _site/ (offline; executed notebooks cached in _docs_cache/; leak-checked)
 	$(BIN)/python -m coursetools docs --out _site

@@ -46,6 +46,8 @@ def main(argv=None):
     bn.add_argument('--modules', nargs='*', help='e.g. 00 01 (default: all)')
     bn.add_argument('--students', type=int, default=4)
     bn.add_argument('--jobs', type=int, nargs='+', default=[1, 2])
+    bn.add_argument('--engines', nargs='+', default=['dask'], choices=['dask', 'pool'],
+                    help="'dask': autograde on a local Dask cluster; 'pool': the former process pool (baseline)")
     bn.add_argument('--out', help='write the figures as JSON here')
     args = parser.parse_args(argv)
     if args.command == 'release':
@@ -88,7 +90,8 @@ def _course(args):
     elif args.command == 'grades':
         course.grades(args.course, args.out)
     elif args.command == 'grading-bench':
-        figures = course.bench(args.modules, students=args.students, jobs=tuple(args.jobs), nbs=args.nbs)
+        figures = course.bench(args.modules, students=args.students, jobs=tuple(args.jobs), nbs=args.nbs,
+                               engines=tuple(args.engines))
         if args.out:
             with open(args.out, 'w') as f:
                 json.dump(figures, f, indent=1)

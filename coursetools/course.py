@@ -403,13 +403,16 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
     with gradebook(root) as gb:
         common = dask_grading.common_payload(root, assignment, gb, api.coursedir.course_id)
         payloads = {s: dask_grading.student_payload(root, assignment, s, gb) for s in todo}
-    kept = [s for s in todo if not regrade and report['submissions'].get(s, {}).get('digest') == payloads[s]['digest']
-            and (not todo[s] or (root / 'autograded' / s / assignment).is_dir())]
+    before = report['submissions']         # graded (or failed and flagged) in an earlier run, and unchanged since
+    kept = [s for s in todo if not regrade and before.get(s, {}).get('digest') == payloads[s]['digest']
+            and (not before[s]['graded'] or (root / 'autograded' / s / assignment).is_dir())]
+    failed = [s for s in kept if todo[s] and not before[s]['graded']]
     gradable = [s for s, ok in todo.items() if ok and s not in kept]
     where = f'the Dask cluster at {scheduler}' if scheduler else \
         'this process' if jobs == 0 else f'{min(jobs, max(len(gradable), 1))} local Dask worker processes'
     log(f'autograding {len(gradable)} submissions of {assignment} on {where}; tinytorch = {ref}'
-        + (f' ({len(kept)} graded before and unchanged: kept; --regrade grades them again)' if kept else ''))
+        + (f' ({len(kept)} graded before and unchanged: kept; --regrade grades them again)' if kept else '')
+        + (f"; kept as failed: {', '.join(failed)} (--regrade --student ID grades one again)" if failed else ''))
     results, saved = {}, [time.monotonic()]
 
     def save(force=False):
@@ -593,9 +596,27 @@ def grades(root, out=None, log=print) -> Path:
 
 # ---------------------------------------------------------------------------------------------- figures
 
-def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', log=print) -> dict:
+def _pool_autograde(root, assignment, students, jobs) -> list:
+    """The former autograding pool (before Dask), kept as the baseline of `bench`: `jobs` spawned processes, each
+    running nbgrader's autograde in place against the course's gradebook (sessions serialised by a file lock).
+    Returns the per-submission results."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    reference_package()
+    with ProcessPoolExecutor(max_workers=min(jobs, len(students)), initializer=_worker_init, initargs=(str(root),),
+                             mp_context=multiprocessing.get_context('spawn')) as pool:
+        results = list(pool.map(_grade_one, [assignment] * len(students), students))
+    with gradebook(root) as gb:
+        for r in results:
+            r['score'] = float(gb.find_submission(assignment, r['student']).score)
+    return results
+
+
+def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', engines=('dask',), log=print) -> dict:
     """Grading figures: for each module, `students` copies of a solved submission autograded with each of `jobs`
-    processes. Returns {module: {jobs: {'wall', 'per_submission'}}}."""
+    processes, by each engine: 'dask' (`autograde`: a local Dask cluster, the coordinator writing the gradebook)
+    and 'pool' (the former process pool, `_pool_autograde`). Wall time is the whole command's, cluster or pool
+    start included. Returns {module: {engine: {jobs: {'wall', 'grading', 'per_submission', 'per_minute'}}}}."""
     from .notebooks import fill_solutions
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -606,22 +627,42 @@ def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', log=print) ->
             a = path.stem
             solved = fill_solutions(nbformat.read(root / 'release' / a / path.name, as_version=4),
                                     nbformat.read(path, as_version=4))
-            for i in range(students):
-                dest = root / 'submitted' / f's{i:02d}' / a
+            names = [f's{i:02d}' for i in range(students)]
+            for sid in names:
+                dest = root / 'submitted' / sid / a
                 dest.mkdir(parents=True, exist_ok=True)
                 nbformat.write(solved, dest / path.name)
-            figures[a] = {}
+            figures[a] = {e: {} for e in engines}
             for j in jobs:
-                r = autograde(root, a, jobs=j, log=lambda *_: None)
-                full = all(s['score'] == s['max_score'] for s in r['submissions'].values())
-                figures[a][j] = {'wall': r['wall_seconds'], 'grading': r['grading_seconds'],
-                                 'per_submission': r['seconds_per_submission'], 'full_marks': full}
-                log(f"{a}: {students} submissions, {j} process(es): {r['wall_seconds']:.1f} s wall "
-                    f"({r['grading_seconds']:.1f} s grading), {r['seconds_per_submission']:.1f} s per submission"
-                    + ('' if full else ' (NOT full marks!)'))
-            if len(jobs) > 1:
-                base = figures[a][jobs[0]]
-                for j in jobs[1:]:
-                    log(f"{a}: speed-up with {j} processes: {base['wall'] / figures[a][j]['wall']:.2f}x wall, "
-                        f"{base['grading'] / figures[a][j]['grading']:.2f}x grading")
+                for engine in engines:               # alternated, so that a change of load hits both
+                    t0 = time.perf_counter()
+                    if engine == 'pool':
+                        results = _pool_autograde(root, a, names, j)
+                        wall = time.perf_counter() - t0
+                        with gradebook(root) as gb:
+                            full = all(r['score'] == float(gb.find_submission(a, r['student']).max_score)
+                                       for r in results)
+                        grading = max(r['end'] for r in results) - min(r['start'] for r in results)
+                        per = sum(r['seconds'] for r in results) / len(results)
+                    else:
+                        r = autograde(root, a, jobs=j, regrade=True, log=lambda *_: None, progress=False)
+                        wall = time.perf_counter() - t0
+                        full = all(s['score'] == s['max_score'] for s in r['submissions'].values())
+                        grading, per = r['grading_seconds'], r['seconds_per_submission']
+                    fig = {'wall': round(wall, 2), 'grading': round(grading, 2), 'per_submission': round(per, 2),
+                           'per_minute': round(60 * students / wall, 2), 'full_marks': full}
+                    figures[a][engine][j] = fig
+                    log(f"{a}: {students} submissions, {engine}, {j} process(es): {wall:.1f} s wall "
+                        f"({fig['per_minute']:.1f} submissions/min; {grading:.1f} s grading), "
+                        f"{per:.1f} s per submission" + ('' if full else ' (NOT full marks!)'))
+                if 'pool' in engines and 'dask' in engines:
+                    d, p = figures[a]['dask'][j], figures[a]['pool'][j]
+                    log(f"{a}: Dask against the former pool with {j} process(es): {100 * (d['wall'] / p['wall'] - 1):+.1f}% "
+                        f"wall, {100 * (d['grading'] / p['grading'] - 1):+.1f}% grading")
+            for engine in engines:
+                if len(jobs) > 1:
+                    base = figures[a][engine][jobs[0]]
+                    for j in jobs[1:]:
+                        log(f"{a}: {engine} speed-up with {j} processes: {base['wall'] / figures[a][engine][j]['wall']:.2f}x "
+                            f"wall, {base['grading'] / figures[a][engine][j]['grading']:.2f}x grading")
     return figures

@@ -20,6 +20,7 @@ A worker that dies in a task (killed, out of memory) gets the task retried by th
 `allowed-failures` times (1 for a local cluster; start a scheduler with DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=1),
 after which the submission is flagged "grading failed twice" and the batch goes on.
 """
+import atexit
 import datetime
 import hashlib
 import json
@@ -116,6 +117,7 @@ def _private_gradebook(spec: dict, course_id: str) -> Path:
     from .course import _fast_alembic_version
     api.get_alembic_version = _fast_alembic_version
     folder = Path(tempfile.mkdtemp(prefix='tinytorch-gradebook-'))
+    atexit.register(shutil.rmtree, folder, True)
     path = folder / 'gradebook.db'
     with api.Gradebook(f'sqlite:///{path}', course_id) as gb:
         duedate = spec['duedate']
@@ -301,6 +303,7 @@ def run(common: dict, jobs: list, record, scheduler=None, workers=None, log=prin
         bar = Progress(len(futures), progress)
         nthreads = sum(client.nthreads().values()) or 1
         pending = set(futures)
+        bar.update(running=min(len(pending), nthreads))
         for f in as_completed(futures):
             pending.discard(f)
             job = futures[f]
