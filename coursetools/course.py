@@ -481,9 +481,14 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
                 record(None, sid)
         jobs_list = [payloads[s] for s in gradable]
         if jobs_list and jobs == 0 and not scheduler:
-            for job in jobs_list:
-                line = record(dask_grading.grade_submission(common, job))
-                log(line)
+            guard = dask_grading.Recording().install()
+            try:
+                for job in jobs_list:
+                    r = dask_grading.grade_submission(common, job)
+                    with guard.record():
+                        log(record(r))
+            finally:
+                guard.uninstall()
         elif jobs_list:
             info = dask_grading.run(common, jobs_list, record, scheduler=scheduler,
                                     workers=min(jobs, len(jobs_list)) or 1, log=log, progress=progress)

@@ -21,6 +21,7 @@ A worker that dies in a task (killed, out of memory) gets the task retried by th
 after which the submission is flagged "grading failed twice" and the batch goes on.
 """
 import atexit
+import contextlib
 import datetime
 import hashlib
 import json
@@ -148,6 +149,17 @@ def where() -> str:
         return f'{socket.gethostname()}:{os.getpid()}'
 
 
+def warm_up() -> str:
+    """Once per worker process, before its first submission: import nbgrader and the grading plug-ins, and check
+    that `tinytorch` is the reference package, never a student kit (raises otherwise). Returns the package's folder."""
+    if 'ref' not in _REFERENCE:
+        import nbgrader.apps  # noqa: F401
+        from . import autograding  # noqa: F401
+        from .course import reference_package
+        _REFERENCE['ref'] = reference_package()
+    return _REFERENCE['ref']
+
+
 def grade_submission(common: dict, job: dict) -> dict:
     """One Dask task: autograde one submission in a private course directory (see the module's docstring).
     Never touches the course's gradebook. Returns the graded folder, scores, comments and the log."""
@@ -157,9 +169,7 @@ def grade_submission(common: dict, job: dict) -> dict:
            'files': {}, 'notebooks': {}, 'timestamp': None, 'digest': job['digest']}
     tmp = Path(tempfile.mkdtemp(prefix='tinytorch-grading-'))
     try:
-        if 'ref' not in _REFERENCE:                           # once per worker process: never grade with a kit
-            from .course import reference_package
-            _REFERENCE['ref'] = reference_package()
+        warm_up()
         (tmp / 'nbgrader_config.py').write_text(common['config'])
         _write_files(tmp / 'source' / assignment, common['source'])
         _write_files(tmp / 'release' / assignment, common['release'])
@@ -232,15 +242,16 @@ def dashboard(client):
 class Progress:
     "The batch's progress bar (tqdm): submissions done, running, failed."
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool, log=print):
         from tqdm.auto import tqdm
+        self.log = log
         self.bar = tqdm(total=total, unit='submission', disable=not enabled, dynamic_ncols=True, file=sys.stderr)
         self.failed = 0
         self.running = 0
 
     def write(self, text):
         if self.bar.disable:
-            print(text)
+            self.log(text)
         else:
             self.bar.write(text)
 
@@ -255,6 +266,46 @@ class Progress:
 
     def close(self):
         self.bar.close()
+
+
+class Recording:
+    """Ctrl-C while a result is being recorded takes effect once that record is complete, so that autograded/, the
+    gradebook and the report never disagree about a submission. `install()` for the batch (main thread only, where
+    Python delivers signals), `with rec.record():` around each record, `uninstall()` at the end."""
+
+    def __init__(self):
+        self.busy = self.pending = False
+        self.previous = None
+
+    def _handler(self, signum, frame):
+        if self.busy:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    def install(self):
+        import signal
+        import threading
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def uninstall(self):
+        import signal
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    @contextlib.contextmanager
+    def record(self):
+        self.busy = True
+        try:
+            yield
+        finally:
+            self.busy = False
+            if self.pending:
+                self.pending = False
+                raise KeyboardInterrupt
 
 
 def _killed(result_student: str, job: dict, attempts: int, error) -> dict:
@@ -287,6 +338,7 @@ def run(common: dict, jobs: list, record, scheduler=None, workers=None, log=prin
         client = Client(cluster)
         allowed = RETRIES
     bar = None
+    guard = Recording().install()
     info = {'scheduler': client.scheduler.address, 'dashboard': dashboard(client),
             'workers': len(client.scheduler_info().get('workers', {}))}
     try:
@@ -296,11 +348,12 @@ def run(common: dict, jobs: list, record, scheduler=None, workers=None, log=prin
             log(f'note: this scheduler retries a task {allowed} times when its worker dies '
                 f'(distributed.scheduler.allowed-failures); the course expects {RETRIES}: start it with '
                 f'DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES={RETRIES}')
+        client.run(warm_up)                                   # the workers there now; later ones warm up in a task
         shared = client.scatter(common, broadcast=False, hash=False)
         token = uuid.uuid4().hex[:8]
         futures = {client.submit(grade_submission, shared, job, key=f"grade-{common['assignment']}-{job['student']}-{token}",
                                  pure=False): job for job in jobs}
-        bar = Progress(len(futures), progress)
+        bar = Progress(len(futures), progress, log)
         nthreads = sum(client.nthreads().values()) or 1
         pending = set(futures)
         bar.update(running=min(len(pending), nthreads))
@@ -317,12 +370,14 @@ def run(common: dict, jobs: list, record, scheduler=None, workers=None, log=prin
                     result = _killed(job['student'], job, 1, error)
                     result['failure'] = f'grading failed ({type(error).__name__}: {str(error)[:120]})'
             failed = not result['success']
-            line = record(result)
+            with guard.record():
+                line = record(result)
             if line:
                 bar.write(line)
             bar.update(done=1, failed=int(failed), running=min(len(pending), nthreads))
             f.release()
     finally:
+        guard.uninstall()
         if bar is not None:
             bar.close()
         client.close()
