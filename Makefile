@@ -48,7 +48,7 @@ grading-figures: setup  ## seconds per submission per module, and the speed-up o
 	$(BIN)/python -m coursetools grading-bench --students 4 --jobs 1 2
 
 grading-dask-figures: setup  ## module 00 on 1 and 2 local Dask workers against the former process pool
-	$(BIN)/python -m coursetools grading-bench --modules 00 --students 8 --jobs 1 2 --engines pool dask --out bench/grading_dask.json
+	$(BIN)/python -m coursetools grading-bench --modules 00 --students 8 --jobs 1 2 --engines pool dask --repeat 2 --out bench/grading_dask.json
 
 docs: setup  ## the student docs site -> _site/ (offline; executed notebooks cached in _docs_cache/; leak-checked)
 	$(BIN)/python -m coursetools docs --out _site

@@ -48,6 +48,7 @@ def main(argv=None):
     bn.add_argument('--jobs', type=int, nargs='+', default=[1, 2])
     bn.add_argument('--engines', nargs='+', default=['dask'], choices=['dask', 'pool'],
                     help="'dask': autograde on a local Dask cluster; 'pool': the former process pool (baseline)")
+    bn.add_argument('--repeat', type=int, default=1, help='alternate the engines this many times, keep the fastest')
     bn.add_argument('--out', help='write the figures as JSON here')
     args = parser.parse_args(argv)
     if args.command == 'release':
@@ -91,7 +92,7 @@ def _course(args):
         course.grades(args.course, args.out)
     elif args.command == 'grading-bench':
         figures = course.bench(args.modules, students=args.students, jobs=tuple(args.jobs), nbs=args.nbs,
-                               engines=tuple(args.engines))
+                               engines=tuple(args.engines), repeat=args.repeat)
         if args.out:
             with open(args.out, 'w') as f:
                 json.dump(figures, f, indent=1)

@@ -136,8 +136,10 @@ def graded_flags(course_dir, sid):
 
 
 def feedback_text(course_dir, sid):
-    page = (course_dir / 'feedback' / sid / A / f'{A}.html').read_text()
-    return re.sub(r'\s+', ' ', page)
+    page = re.sub(r'\s+', ' ', (course_dir / 'feedback' / sid / A / f'{A}.html').read_text())
+    if sid == 'crash':      # whether the dying cell got its execution count before the kernel died is a race
+        page = re.sub(r'In&nbsp;\[\d*\]:|In \[\d*\]:', 'In [ ]:', page)
+    return page
 
 
 def test_scheduler_grades_like_the_local_cluster_and_nbgrader(tmp_path):
