@@ -357,13 +357,14 @@ def run(common: dict, jobs: list, record, scheduler=None, workers=None, log=prin
         nthreads = sum(client.nthreads().values()) or 1
         pending = set(futures)
         bar.update(running=min(len(pending), nthreads))
-        for f in as_completed(futures):
+        # results are fetched as each task ends (with_results): a worker that dies later cannot lose them
+        for f, value in as_completed(futures, with_results=True, raise_errors=False):
             pending.discard(f)
             job = futures[f]
-            if f.status == 'finished':
-                result = f.result()
-            else:
-                error = f.exception()
+            if isinstance(value, dict):
+                result = value
+            else:                                             # (type, exception, traceback), or CancelledError
+                error = value[1] if isinstance(value, tuple) else value
                 if isinstance(error, KilledWorker):
                     result = _killed(job['student'], job, allowed + 1, error)
                 else:
