@@ -332,7 +332,10 @@ def run(common: dict, jobs: list, record, scheduler=None, workers=None, log=prin
         allowed = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
     else:
         workers = workers or os.cpu_count() or 1
-        with dask.config.set({'distributed.scheduler.allowed-failures': RETRIES}):
+        # no statistical profiler in the workers: it samples the grading thread every 10 ms, for a dashboard
+        # that is usually not there
+        with dask.config.set({'distributed.scheduler.allowed-failures': RETRIES,
+                              'distributed.worker.profile.enabled': False}):
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    dashboard_address=':0', silence_logs=logging.ERROR)
         client = Client(cluster)
