@@ -11,7 +11,7 @@ import numpy as np
 
 from bench.harness import Case
 from bench.__main__ import torch_or_none
-from tinytorch.attention import MultiheadAttention, causal_mask, scaled_dot_product_attention
+from tinytorch.attention import MultiheadAttention, attend, causal_mask, scaled_dot_product_attention
 from tinytorch.nn import manual_seed
 from tinytorch.tensor import Tensor, no_grad
 
@@ -30,15 +30,14 @@ def _sdpa_cases(torch, B, H, T, d, causal, target):
 
     def fwd():
         with no_grad():
-            return scaled_dot_product_attention(Q, K, V, is_causal=causal, need_weights=False)[0]
+            return scaled_dot_product_attention(Q, K, V, is_causal=causal)
 
     def fwd_weights():
         with no_grad():
-            return scaled_dot_product_attention(Q, K, V, is_causal=causal)[0]
+            return attend(Q, K, V, is_causal=causal)[0]                  # the weights too, on request
 
     def fwd_bwd():
-        out, _ = scaled_dot_product_attention(Qg, Kg, Vg, is_causal=causal, need_weights=False)
-        out.backward(g)
+        scaled_dot_product_attention(Qg, Kg, Vg, is_causal=causal).backward(g)
 
     ref_fwd = ref_fwd_bwd = None
     extra = {}
@@ -68,7 +67,7 @@ def _mha_cases(torch, B, H, T, d, causal, target):
     rng = np.random.default_rng(0)
     x, g = (rng.standard_normal((B, T, E)).astype(np.float32) for _ in range(2))
     manual_seed(0)
-    ours = MultiheadAttention(E, H)
+    ours = MultiheadAttention(E, H, batch_first=True)
     mask = causal_mask(T) if causal else None
     X, Xg = Tensor(x), Tensor(x, requires_grad=True)
 

@@ -22,11 +22,18 @@ c.GenerateAssignment.preprocessors = autograding.GENERATE
 c.Autograde.sanitize_preprocessors = autograding.SANITIZE
 c.Autograde.autograde_preprocessors = autograding.AUTOGRADE
 c.Restructure.course_root = here
-# Feedback HTML: results and messages, not the hidden tests' code.
+# Feedback HTML: results and messages, not the hidden tests' code; no output may show a hidden-test line or a
+# line of the course's solutions (source/*/*.ipynb): they are scrubbed when grading, and again in the feedback.
 c.GenerateFeedback.preprocessors = autograding.FEEDBACK
+c.ScrubHiddenTests.course_root = here
+c.HideHiddenTests.course_root = here
 
 c.Execute.timeout = 120               # seconds per cell: an endless loop is interrupted after this, the cell fails
 c.GradingExecute.notebook_timeout = 900   # seconds per notebook: then the rest is not run (its tests score 0)
 c.GradingExecute.threads = 1          # BLAS threads per grading kernel (grading runs one kernel per core)
+# Each grading kernel runs in a bubblewrap sandbox (coursetools/sandbox.py; UNSAFE_NO_SANDBOX=1 turns it off and
+# flags every submission): its address space (GB: a larger allocation fails) and its processes and threads.
+c.GradingExecute.memory_gb = 4
+c.GradingExecute.max_processes = 64
 c.LimitOutput.max_lines = 1000        # lines of output kept per cell
 c.LimitOutputSize.max_chars = 100000  # characters kept per output

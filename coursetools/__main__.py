@@ -50,13 +50,16 @@ def main(argv=None):
                     help="'dask': autograde on a local Dask cluster; 'pool': the former process pool (baseline)")
     bn.add_argument('--repeat', type=int, default=1, help='alternate the engines this many times, keep the fastest')
     bn.add_argument('--out', help='write the figures as JSON here')
+    bn.add_argument('--sandbox', type=int, default=0, metavar='ROUNDS',
+                    help='instead: the cost of the sandbox, ROUNDS alternating rounds with and without it')
     args = parser.parse_args(argv)
     if args.command == 'release':
         from .release import kit_stubs, release
         out = release(args.nbs, args.out)
         stubs = kit_stubs(out)
         print(f'wrote the student kit {out}/: nbs/ ({len(list((out / "nbs").glob("*.ipynb")))} notebooks), '
-              f'tinytorch/ ({sum(map(len, stubs.values()))} exercise stubs), pyproject.toml, README.md')
+              f'tinytorch/ ({sum(map(len, stubs.values()))} exercise stubs), pyproject.toml, README.md; '
+              f'zipped for students: {out / "tinytorch-kit.zip"}')
     elif args.command == 'docs':
         from .docs import build
         report = build(args.nbs, args.out, args.cache, execute=not args.no_execute, jobs=args.jobs,
@@ -80,10 +83,15 @@ def _course(args):
             state = f"graded from {r['file']}" if r['gradable'] else 'NOT gradable'
             print(f"{sid}: {state}" + (f"  ({'; '.join(r['flags'])})" if r['flags'] else ''))
     elif args.command == 'autograde':
+        from .sandbox import SandboxUnavailable
         try:
             course.autograde(args.course, args.assignment, students=args.student, jobs=args.jobs,
                              scheduler=args.scheduler, regrade=args.regrade,
                              progress=False if args.no_progress else None)
+        except SandboxUnavailable as e:
+            import sys
+            print(e, file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             return 130
     elif args.command == 'feedback':
@@ -92,7 +100,7 @@ def _course(args):
         course.grades(args.course, args.out)
     elif args.command == 'grading-bench':
         figures = course.bench(args.modules, students=args.students, jobs=tuple(args.jobs), nbs=args.nbs,
-                               engines=tuple(args.engines), repeat=args.repeat)
+                               engines=tuple(args.engines), repeat=args.repeat, sandbox_rounds=args.sandbox)
         if args.out:
             with open(args.out, 'w') as f:
                 json.dump(figures, f, indent=1)

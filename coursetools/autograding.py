@@ -26,12 +26,13 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_output
-from traitlets import Integer, Unicode
+from traitlets import Bool, Float, Integer, Unicode
 
 from nbclient import NotebookClient
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
@@ -43,6 +44,8 @@ from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, Clea
                                     SaveCells)
 
 
+from . import sandbox
+from .guard import AUDIT_FD, END
 from .release import ExerciseStubs, LockGivenCells
 
 META = 'tinytorch'                      # notebook metadata: what the grader found
@@ -366,13 +369,114 @@ def _course_notebooks(release_path: Path, source_path: Path):
 
 def grading_env(threads: int = 1) -> dict:
     """The kernel's environment when grading: no PYTHONPATH or user site (so `tinytorch` is the reference package
-    and a student's own package cannot shadow it), no nbdev export from the notebook's last cell, BLAS threads
-    fixed (several kernels run at once; results do not depend on the thread count)."""
+    and a student's own package cannot shadow it), no nbdev export from the notebook's last cell, no bytecode
+    written (the packages are read-only in the sandbox: a write there would be flagged), BLAS threads fixed
+    (several kernels run at once; results do not depend on the thread count)."""
     env = {k: v for k, v in os.environ.items()
            if k not in ('PYTHONPATH', 'PYTHONHOME', 'PYTHONSTARTUP', 'PYTHONUSERBASE')}
-    env.update(IN_TEST='1', PYTHONNOUSERSITE='1', MPLBACKEND='Agg', PYTHONHASHSEED='0',
+    env.update(IN_TEST='1', PYTHONNOUSERSITE='1', MPLBACKEND='Agg', PYTHONHASHSEED='0', PYTHONDONTWRITEBYTECODE='1',
                OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     return env
+
+
+def sandbox_env(threads: int = 1) -> dict:
+    """The kernel's environment in the sandbox: `grading_env`'s settings on a nearly empty environment (the
+    grader's variables, tokens included, stay outside)."""
+    env = {k: os.environ[k] for k in ('PATH', 'LANG', 'LC_ALL', 'LC_CTYPE', 'TZ') if k in os.environ}
+    env['PATH'] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+    env.update({k: v for k, v in grading_env(threads).items() if k not in os.environ or k in (
+        'IN_TEST', 'PYTHONNOUSERSITE', 'MPLBACKEND', 'PYTHONHASHSEED', 'PYTHONDONTWRITEBYTECODE', 'OMP_NUM_THREADS',
+        'OPENBLAS_NUM_THREADS', 'MKL_NUM_THREADS')})
+    return env
+
+
+# Names a file or folder next to the notebook must not have: it would be imported instead of the real module
+# (the kernel's working directory is first on sys.path).
+_MODULE_FILE = re.compile(r'^[A-Za-z_]\w*(\.py|\.pyc|\.pyw|\.so|\.pth|\.[\w-]+\.so)$')
+
+
+def remove_shadowing(workdir, nb):
+    """Take out of the grading folder every Python module or package (nbgrader copies the submission's files and
+    the extra files of source/<assignment>/ there): `numpy.py` or a `tinytorch/` would replace the real one."""
+    for p in sorted(Path(workdir).iterdir()) if Path(workdir).is_dir() else []:
+        package = p.is_dir() and not p.is_symlink() and ((p / '__init__.py').exists() or p.name == 'tinytorch')
+        if not (package or _MODULE_FILE.match(p.name) or p.is_symlink()):
+            continue
+        shutil.rmtree(p) if package else p.unlink()
+        if p.name in ('tinytorch', 'tinytorch.py'):
+            add_flag(nb, f'the submission folder had its own `{p.name}`: removed, graded on the reference package')
+        else:
+            add_flag(nb, f'the grading folder held `{p.name}` (it would replace a module the tests import): '
+                         'removed before grading')
+
+
+def audit_flags(records: list, sandboxed: bool, completed: bool, max_processes: int) -> list:
+    "Flags from the audit hook's records (coursetools/guard.py): what the submission tried."
+    after = ': the sandbox stopped it' if sandboxed else ': graded without a sandbox, it may have succeeded'
+    found, seen = [], {}
+    for r in records:
+        kind = r.get('event') if isinstance(r, dict) else None
+        if kind is None:
+            seen.setdefault('junk', []).append(r)
+        elif kind != END:
+            seen.setdefault(kind, []).append(r)
+
+    def listing(items):
+        items = list(dict.fromkeys(items))
+        more = f' (and {len(items) - 3} more)' if len(items) > 3 else ''
+        return ', '.join(f'`{i}`' for i in items[:3]) + more
+    if 'open' in seen:
+        found.append(f"tried to read outside its folder: {listing(r['path'] for r in seen['open'])}{after}")
+    if 'write' in seen:
+        found.append(f"tried to write outside its folder: {listing(r['path'] for r in seen['write'])}{after}")
+    if 'database' in seen:
+        found.append(f"tried to open the database {listing(r['path'] for r in seen['database'])}{after}")
+    if 'connect' in seen:
+        found.append(f"tried to connect a socket to {listing(r['address'] for r in seen['connect'])}"
+                     + (': the sandbox has no network' if sandboxed else after))
+    if 'process' in seen:
+        hows = {}
+        for r in seen['process']:
+            hows[r.get('how')] = hows.get(r.get('how'), 0) + 1
+        what = ', '.join(f'{k} x{v}' for k, v in hows.items())
+        commands = [r['what'] for r in seen['process'] if r.get('what') not in (None, '', "''")]
+        what += f': {listing(commands)}' if commands else ''
+        found.append(f'started processes ({what})' + (f': at most {max_processes} at once in the sandbox'
+                                                      if sandboxed else after))
+    if 'sys.addaudithook' in seen:
+        found.append('tried to add its own audit hook (which sees the tests\' code): refused')
+    if 'junk' in seen or any(k not in ('open', 'write', 'database', 'connect', 'process', 'sys.addaudithook')
+                             for k in seen):
+        found.append("wrote into the grader's audit channel")
+    if completed and not any(isinstance(r, dict) and r.get('event') == END for r in records):
+        found.append("the grader's audit channel was closed or silenced before the end: later attempts are not "
+                     'recorded')
+    return found
+
+
+def _read_records(fd) -> list:
+    os.set_blocking(fd, False)
+    data = b''
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    records = []
+    for line in data.decode('utf-8', errors='replace').splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            records.append(line[:200])
+    return records
+
+
+def _out_of_memory(out) -> bool:
+    return out.get('output_type') == 'error' and (out.get('ename') == 'MemoryError' or
+                                                  'Cannot allocate memory' in str(out.get('evalue', '')))
 
 
 def _guard(call: str):
@@ -405,36 +509,85 @@ def insert_guards(nb):
             dirty = True
     if pending:
         cells.append(_guard(f'capture(globals(), {sorted(set(pending))!r})'))
+    cells.append(_guard('finish()'))
     nb.cells = cells
     return nb
 
 
 class GradingExecute(Execute):
-    """nbgrader's Execute, for grading untrusted notebooks: isolated environment (`grading_env`), guard cells,
-    and a kernel that dies or hangs ends the notebook (the cells after it fail) instead of the submission."""
+    """nbgrader's Execute, for grading untrusted notebooks: the kernel runs in the sandbox (coursetools/sandbox.py)
+    on a scratch copy of the grading folder, with an isolated environment (`grading_env`), guard cells and an
+    audit hook (coursetools/guard.py); a kernel that dies or hangs ends the notebook (the cells after it fail)
+    instead of the submission. UNSAFE_NO_SANDBOX=1: no sandbox, every submission flagged."""
     threads = Integer(1, help='BLAS threads of each grading kernel').tag(config=True)
     notebook_timeout = Integer(900, help='seconds for the whole notebook: then the rest is not run (-1: no limit)'
                                ).tag(config=True)
+    memory_gb = Float(4, help='virtual memory of a grading kernel (GB): an allocation beyond fails').tag(config=True)
+    max_processes = Integer(64, help="processes and threads of a grading kernel's sandbox").tag(config=True)
+    no_sandbox = Bool(None, allow_none=True, help='True: no sandbox (every submission flagged); False: the sandbox; '
+                      'None: UNSAFE_NO_SANDBOX decides (a Dask task sets it from the coordinator)').tag(config=True)
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault('shutdown_kernel', 'immediate')    # nothing to save in a grading kernel
         super().__init__(*args, **kwargs)
 
+    def create_kernel_manager(self):
+        self.kernel_manager_class = sandbox.SandboxedKernelManager
+        km = super().create_kernel_manager()
+        for k, v in self._km_settings.items():
+            setattr(km, k, v)
+        if km.sandbox is not None:
+            km.transport, km.ip, km.connection_file = 'ipc', str(km.ipcdir / 'k'), str(km.ipcdir / 'kernel.json')
+        return km
+
     def preprocess(self, nb, resources, km=None):
         insert_guards(nb)
-        workdir = resources.get('metadata', {}).get('path') or '.'
-        for name in ('tinytorch', 'tinytorch.py'):        # a student's package next to the notebook would shadow
-            p = Path(workdir, name)                       # the reference package: never grade with it
-            if p.exists():
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-                add_flag(nb, f'the submission folder had its own `{name}`: removed, graded on the reference package')
+        meta = resources.setdefault('metadata', {})
+        workdir = Path(meta.get('path') or '.')
+        remove_shadowing(workdir, nb)
+        unsafe = sandbox.disabled() if self.no_sandbox is None else bool(self.no_sandbox)
+        top = sandbox.scratch()
+        read_fd, write_fd = os.pipe()
+        box = None if unsafe else sandbox.Sandbox(memory_gb=self.memory_gb, max_processes=self.max_processes)
+        if unsafe:
+            add_flag(nb, sandbox.UNSAFE_FLAG)
+            kernel_dir, env = workdir, grading_env(self.threads)
+            env['TMPDIR'] = str(top / 'home')
+        else:
+            kernel_dir, env = top / 'work', sandbox_env(self.threads)
+            shutil.copytree(workdir, kernel_dir, dirs_exist_ok=True, symlinks=True)
+            box.prepare(top / 'work', top / 'ipc', top / 'home')
+        env.update(sandbox.home_env(top / 'home'))   # a fresh home: caches and history, the same in both modes
+        env[AUDIT_FD] = str(write_fd)
+        self._km_settings = dict(sandbox=box, workdir=kernel_dir, ipcdir=top / 'ipc', home=top / 'home',
+                                 pass_fds=(write_fd,))
+        meta['path'] = str(kernel_dir)
+        try:
+            self._run(nb, resources, km, env)
+        finally:
+            meta['path'] = str(workdir)
+            os.close(write_fd)
+            records = _read_records(read_fd)
+            os.close(read_fd)
+            shutil.rmtree(top, ignore_errors=True)
+        for f in audit_flags(records, not unsafe, self._completed, self.max_processes):
+            add_flag(self.nb, f)
+        for index, cell in enumerate(self.nb.cells):
+            if cell.cell_type == 'code' and not cell.metadata.get(META, {}).get('guard') and \
+                    any(_out_of_memory(o) for o in cell.get('outputs', [])):
+                add_flag(self.nb, f'{describe(self.nb.cells, index)} ran out of memory (a grading kernel may use '
+                                  f'{self.memory_gb:g} GB): stopped there, the notebook went on')
+        return self.nb, self.resources
+
+    def _run(self, nb, resources, km, env):
         NotebookClient.__init__(self, nb, km)
         self.reset_execution_trackers()
         self._check_assign_resources(resources)
         self._timed_out = []
+        self._completed = False
         ran, failure = set(), None
         try:
-            with self.setup_kernel(env=grading_env(self.threads), stderr=subprocess.DEVNULL):
+            with self.setup_kernel(env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
                 info = self.wait_for_reply(self.kc.kernel_info())
                 self.nb.metadata['language_info'] = info['content']['language_info']
                 start = time.monotonic()
@@ -453,6 +606,8 @@ class GradingExecute(Execute):
                                                        ': the cells after it were not run', traceback=[]))
                         break
                     ran.add(index)
+                else:
+                    self._completed = True
         except DeadKernelError:
             if failure is None:
                 raise
@@ -466,7 +621,6 @@ class GradingExecute(Execute):
         for index in self._timed_out:
             add_flag(self.nb, f'{describe(self.nb.cells, index)} ran longer than {self.timeout} s: interrupted')
         self.set_widgets_metadata()
-        return self.nb, self.resources
 
     async def _async_handle_timeout(self, timeout, cell=None):
         for i, c in enumerate(self.nb.cells):
@@ -541,8 +695,139 @@ class RecordFlags(NbGraderPreprocessor):
         return nb, resources
 
 
-class HideHiddenTests(NbGraderPreprocessor):
-    "Feedback: hidden tests' code replaced by a comment, tracebacks of test cells reduced to their message."
+def hidden_lines(nb) -> list:
+    """The lines of the notebook's hidden tests that a student has not seen: substantial (over 12 characters, not a
+    comment) and found nowhere in the course's other cells outside hidden regions (as the release and site leak
+    checks count them). Read from the graded notebook itself, whose graded cells hold the hidden tests."""
+    hidden, shown = set(), []
+    for c in nb.cells:
+        if c.cell_type != 'code' or not c.metadata.get('nbgrader') or _is(c, 'solution'):
+            continue
+        shown.append(_HIDDEN_REGION.sub('', c.source))
+        for m in _HIDDEN_REGION.finditer(c.source) if _is(c, 'grade') else []:
+            hidden.update(l.strip() for l in m.group(0).splitlines()[1:-1])
+    shown = '\n'.join(shown)
+    keep = [l for l in hidden if len(l) > 12 and not l.startswith('#') and l not in shown]
+    return sorted(keep, key=len, reverse=True)
+
+
+HIDDEN_MARK = '(hidden)'
+_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+
+
+def scrub_outputs(nb, lines, tracebacks_of_tests=True, count_errors=True) -> dict:
+    """Replace every hidden-test line in every output of every cell (streams, rich data, error messages and
+    tracebacks) by HIDDEN_MARK; `tracebacks_of_tests=False` leaves the graded cells' own tracebacks (the grader
+    sees where a test failed). Returns {cell index: lines replaced} (`count_errors=False`: not counting those
+    replaced in error messages and tracebacks)."""
+    found = {}
+
+    def scrub(text, index, count=True):
+        if not isinstance(text, str):
+            return text
+        if '\x1b' in text:                # a traceback's syntax colours would split a line: drop them if needed
+            plain = _ANSI.sub('', text)
+            text = plain if any(line in plain for line in lines) else text
+        for line in lines:
+            if line in text:
+                if count:
+                    found[index] = found.get(index, 0) + text.count(line)
+                text = text.replace(line, HIDDEN_MARK)
+        return text
+    if not lines:
+        return found
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != 'code':
+            continue
+        for out in cell.get('outputs', []):
+            if 'text' in out:
+                out['text'] = scrub(out['text'], index)
+            for mime, value in list(out.get('data', {}).items()):
+                if isinstance(value, str):
+                    out['data'][mime] = scrub(value, index)
+                elif isinstance(value, list):
+                    out['data'][mime] = [scrub(v, index) for v in value]
+                elif not mime.startswith('image/'):                # JSON data: replaced whole
+                    text = json.dumps(value, ensure_ascii=False)
+                    hits = [line for line in lines if line in text or json.dumps(line)[1:-1] in text]
+                    if hits:
+                        found[index] = found.get(index, 0) + len(hits)
+                        out['data'][mime] = HIDDEN_MARK
+            if out.get('output_type') == 'error':
+                out['evalue'] = scrub(out.get('evalue', ''), index, count_errors)
+                if tracebacks_of_tests or not _is(cell, 'grade'):
+                    out['traceback'] = [scrub(t, index, count_errors) for t in out.get('traceback', [])]
+    return found
+
+
+_SECRETS = {}
+_GIVEN = {}
+
+
+def given_secrets(root, lines):
+    """Use `lines` as the course's secrets for the course directory `root` (a Dask worker's private course holds
+    only the assignment it grades: the coordinator sends the lines of the whole course); None forgets them."""
+    if lines is None:
+        _GIVEN.pop(str(root), None)
+    else:
+        _GIVEN[str(root)] = list(lines)
+
+
+def course_secrets(root) -> list:
+    """The solution and hidden-test lines of every assignment in the course directory `root` (source/*/*.ipynb,
+    as the release and site leak checks count them): the reference package a grading kernel imports holds every
+    module's solutions, and a submission can print them. Read once per process while the notebooks are unchanged."""
+    from .notebooks import public_lines, secret_lines
+    if root and str(root) in _GIVEN:
+        return _GIVEN[str(root)]
+    paths = sorted(Path(root, 'source').glob('*/*.ipynb')) if root else []
+    key = tuple((str(p), p.stat().st_mtime_ns) for p in paths)
+    if key not in _SECRETS:
+        nbs = [nbformat.read(p, as_version=4) for p in paths]
+        public = set().union(*(public_lines(nb) for nb in nbs)) if nbs else set()
+        found = set().union(*(secret_lines(nb, public) for nb in nbs)) if nbs else set()
+        _SECRETS.clear()
+        _SECRETS[key] = sorted(found, key=len, reverse=True)
+    return _SECRETS[key]
+
+
+class _Scrubbing(NbGraderPreprocessor):
+    course_root = Unicode('', help="the course directory (its source/ notebooks' solution lines are scrubbed too; "
+                                   "default: Restructure's)").tag(config=True)
+
+    def secrets(self, nb):
+        "(hidden-test lines of this notebook, the course's solution lines that are not among them)"
+        hidden = hidden_lines(nb)
+        root = self.course_root or self.config.get('Restructure', {}).get('course_root', '')
+        return hidden, [l for l in course_secrets(root) if l not in set(hidden)]
+
+
+class ScrubHiddenTests(_Scrubbing):
+    """Autograding: no hidden-test line, and no solution line of any module, stays in any output (a submission can
+    print what it read, echo the cells run after its own, or print the reference package's source). The
+    submission whose output held a hidden-test line, or printed solution lines (outside error tracebacks, which
+    show the student's own code), is flagged. The graded cells' own tracebacks are kept for the grader (the
+    feedback reduces them, `HideHiddenTests`)."""
+
+    def preprocess(self, nb, resources):
+        hidden, solutions = self.secrets(nb)
+        for index, n in scrub_outputs(nb, hidden, tracebacks_of_tests=False).items():
+            add_flag(nb, f'the output of {describe(nb.cells, index)} held hidden-test lines ({n}): removed')
+        for index, n in scrub_outputs(nb, solutions, tracebacks_of_tests=False, count_errors=False).items():
+            add_flag(nb, f"the output of {describe(nb.cells, index)} held lines of the course's solutions ({n}): "
+                         'removed')
+        return nb, resources
+
+
+class HideHiddenTests(_Scrubbing):
+    """Feedback: hidden tests' code replaced by a comment, tracebacks of test cells reduced to their message, and
+    every output of every cell scrubbed of hidden-test and solution lines."""
+
+    def preprocess(self, nb, resources):
+        hidden, solutions = self.secrets(nb)
+        nb, resources = super().preprocess(nb, resources)
+        scrub_outputs(nb, hidden + solutions)
+        return nb, resources
 
     def preprocess_cell(self, cell, resources, cell_index):
         if cell.cell_type == 'code' and _is(cell, 'grade'):
@@ -558,5 +843,5 @@ GENERATE = [IncludeHeaderFooter, InstantiateTests, LockGivenCells, LockCells, Ex
             CheckCellMetadata]
 SANITIZE = [ClearOutput, Restructure, DeduplicateIds, OverwriteKernelspec, OverwriteCells, CheckCellMetadata]
 AUTOGRADE = [GradingExecute, RemoveGuards, IgnorePattern, ClearMetadataPreprocessor, LimitOutputSize,
-             RecordFlags, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
+             ScrubHiddenTests, RecordFlags, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata]
 FEEDBACK = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]

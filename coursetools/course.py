@@ -9,8 +9,10 @@
 nbgrader runs in-process (its import and its gradebook creation are the slow parts of the `nbgrader` command);
 autograding runs one Dask task per submission (a local cluster of one worker process per core, or any cluster by
 its scheduler's address), and only this process writes the gradebook (coursetools/dask_grading.py). The grading
-plug-ins are in coursetools/autograding.py. (`_grade_one` below, nbgrader in place with the gradebook sessions
-serialised by a file lock, is the former process pool: kept as the baseline of `grading-bench`.)
+plug-ins are in coursetools/autograding.py; every grading kernel runs in the sandbox of coursetools/sandbox.py
+(`preflight` checks it can here, before anything is graded; each Dask worker checks it can there). (`_grade_one`
+below, nbgrader in place with the gradebook sessions serialised by a file lock, is the former process pool: kept
+as the baseline of `grading-bench`.)
 """
 import csv
 import html
@@ -23,12 +25,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import unicodedata
 import zipfile
 from pathlib import Path
 
 import nbformat
 
-from .notebooks import course_notebooks, graded_cells, module_name
+from .notebooks import course_notebooks, graded_cells, module_checks_label, module_name
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / 'course' / 'nbgrader_config.py'
@@ -201,15 +204,23 @@ def init(root, nbs=ROOT / 'nbs', timeout=None, kit=True) -> dict:
 
 # ---------------------------------------------------------------------------------------------- collect
 
+# What a student id cannot hold: it is a folder name and part of nbgrader's glob patterns (control characters,
+# path separators, glob's wildcards, characters other systems forbid in file names).
+_NOT_IN_ID = re.compile(r'[\x00-\x1f\x7f/\\*?\[\]<>:"|]+')
+
+
 def student_id(folder_name: str, id_regex=None) -> str:
     """A student id nbgrader can use in paths and patterns, from an LMS folder name: the first group of `id_regex`
-    (or its match), else the folder name less Moodle's `_assignsubmission_file_`; letters, digits, `_.-` only."""
+    (or its match), else the folder name less Moodle's `_assignsubmission_file_`; Unicode normalised (NFC, so
+    the same name typed two ways is one id), letters of every script kept (`Zoë Ünal-Ørsted 李`), only what a
+    path or a pattern cannot hold replaced by `_`."""
     name = re.sub(r'_assignsubmission_\w*$', '', folder_name)      # Moodle's folder suffix
     if id_regex:
         m = re.search(id_regex, folder_name)
         if m:
             name = m.group(1) if m.groups() else m.group(0)
-    sid = re.sub(r'[^A-Za-z0-9_.-]+', '_', name).strip('_.-')
+    sid = _NOT_IN_ID.sub('_', unicodedata.normalize('NFC', name))
+    sid = re.sub(r'\s+', ' ', sid).strip(' _.-')
     return sid or 'student'
 
 
@@ -328,6 +339,23 @@ def reference_package(threads: int = 1) -> str:
     return path
 
 
+def preflight(log=print) -> bool:
+    """Before grading anything: True when grading kernels can run in the sandbox (coursetools/sandbox.py); False
+    when the instructor opted out (UNSAFE_NO_SANDBOX=1, every submission is then flagged); raises
+    SandboxUnavailable, saying why and how to install bubblewrap, otherwise."""
+    from . import sandbox
+    if sandbox.disabled():
+        log(f'{sandbox.OPT_OUT}=1: grading WITHOUT a sandbox; every submission is flagged "graded without a sandbox"')
+        return False
+    why = sandbox.check()
+    if why:
+        raise sandbox.SandboxUnavailable(
+            f'not grading: {why}.\nEvery grading kernel runs in a bubblewrap sandbox, so that a submission cannot '
+            f'read the hidden tests or change the gradebook. To grade anyway, without it (every submission is '
+            f'flagged "graded without a sandbox"), set {sandbox.OPT_OUT}=1.')
+    return True
+
+
 _WORKER = {}
 
 
@@ -395,13 +423,25 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
     record_path = root / 'reports' / f'{assignment}.collect.json'
     collected = json.loads(record_path.read_text()) if record_path.exists() else {}
     ref = reference_package()
+    from . import sandbox
+    # The opt-out is read here, once, and travels with every task (common['unsafe']): a worker grades in the
+    # sandbox or not as this process decided, whatever its own environment says.
+    unsafe = sandbox.disabled()
+    if scheduler:             # the kernels run on the cluster's machines: each worker checks its own bwrap
+        sandboxed = not unsafe
+        if unsafe:
+            preflight(log)
+    else:
+        sandboxed = preflight(log)
+        if sandboxed:
+            dask_grading._REFERENCE['sandbox'] = True    # checked just now: this process grades when jobs=0
     logdir = root / 'reports' / 'logs' / assignment
     logdir.mkdir(parents=True, exist_ok=True)
     report_path = root / 'reports' / f'{assignment}.json'
     report = json.loads(report_path.read_text()) if report_path.exists() else {'submissions': {}}
     api = nbgrader_api(root)
     with gradebook(root) as gb:
-        common = dask_grading.common_payload(root, assignment, gb, api.coursedir.course_id)
+        common = dask_grading.common_payload(root, assignment, gb, api.coursedir.course_id, unsafe=unsafe)
         payloads = {s: dask_grading.student_payload(root, assignment, s, gb) for s in todo}
     before = report['submissions']         # graded (or failed and flagged) in an earlier run, and unchanged since
     kept = [s for s in todo if not regrade and before.get(s, {}).get('digest') == payloads[s]['digest']
@@ -412,7 +452,8 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
         'this process' if jobs == 0 else f'{min(jobs, max(len(gradable), 1))} local Dask worker processes'
     log(f'autograding {len(gradable)} submissions of {assignment} on {where}; tinytorch = {ref}'
         + (f' ({len(kept)} graded before and unchanged: kept; --regrade grades them again)' if kept else '')
-        + (f"; kept as failed: {', '.join(failed)} (--regrade --student ID grades one again)" if failed else ''))
+        + (f"; kept as failed: {', '.join(failed)} (--regrade --student ID grades one again)" if failed else '')
+        + ('; each kernel in a bubblewrap sandbox' if sandboxed else '; WITHOUT a sandbox'))
     results, saved = {}, [time.monotonic()]
 
     def save(force=False):
@@ -451,6 +492,8 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
                             nb.late_submission_penalty = got.get('late_submission_penalty')
                     meta = nbformat.reads(r['files'][src.name].decode('utf-8'), as_version=4).metadata
                     flags += meta.get('tinytorch', {}).get('flags', [])
+                    if r.get('unsafe') and sandbox.UNSAFE_FLAG not in flags:
+                        flags.append(sandbox.UNSAFE_FLAG)    # the worker said so, whatever its notebook says
                 else:
                     last = (r['error'] or r['log']).strip().splitlines()[-1:] or ['']
                     flags.append(r.get('failure') or f'grading failed ({last[0][:120]})')
@@ -503,6 +546,7 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
         if any(r['start'] for r in results.values()) else 0.0
     ran = [r for r in results.values() if r['start']]
     report.update(assignment=assignment, notebook=src.stem, jobs=jobs, scheduler=scheduler or info.get('scheduler'),
+                  sandbox=sandboxed,
                   workers=info.get('workers', 0), wall_seconds=round(wall, 2), grading_seconds=round(grading, 2),
                   graded=len(results), kept=len(kept), seconds_per_submission=round(
                       sum(r['seconds'] for r in ran) / len(ran), 2) if ran else 0.0)
@@ -551,8 +595,9 @@ def feedback(root, assignment, log=print) -> dict:
 # ---------------------------------------------------------------------------------------------- grades
 
 def grades(root, out=None, log=print) -> Path:
-    """Write the grades CSV: one row per student, one column per exercise (the points of the graded cells under
-    its heading), a total per module, the total, and the flags. Written atomically."""
+    """Write the grades CSV: one row per student, one column per exercise (the points of its graded cells
+    `test_NN_K_...`), one for the checks of the module as a whole (`NN.module`: cells `test_NN_name`), a total
+    per module, the total, and the flags. Written atomically."""
     root = Path(root).resolve()
     out = Path(out) if out else root / 'grades.csv'
     columns, modules = [], []
@@ -566,8 +611,10 @@ def grades(root, out=None, log=print) -> Path:
                 continue
             src = nbformat.read(source_notebook(root, a), as_version=4)
             cells = graded_cells(src)
-            key = {c['grade_id']: c['exercise'] or f'{a[:2]}.0' for c in cells}
-            cols = list(dict.fromkeys(key.values()))
+            module = module_checks_label(a[:2])     # the checks of the module as a whole, after its exercises
+            key = {c['grade_id']: c['exercise'] or module for c in cells}
+            cols = list(dict.fromkeys([c['exercise'] for c in cells if c['exercise']] +
+                                      [module for c in cells if not c['exercise']]))
             columns += cols + [a]
             modules.append(a)
             report_path = root / 'reports' / f'{a}.json'
@@ -583,7 +630,7 @@ def grades(root, out=None, log=print) -> Path:
                     continue
                 for nb in sub.notebooks:
                     for g in nb.grades:
-                        row[key.get(g.name, f'{a[:2]}.0')] = row.get(key.get(g.name, f'{a[:2]}.0'), 0.0) + float(g.score)
+                        row[key.get(g.name, module)] = row.get(key.get(g.name, module), 0.0) + float(g.score)
                 row[a] = sum(row[c] for c in cols)
                 flags[s] += [f'{a}: {f}' for f in report['submissions'].get(s, {}).get('flags', [])]
     buf = io.StringIO()
@@ -617,13 +664,18 @@ def _pool_autograde(root, assignment, students, jobs) -> list:
     return results
 
 
-def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', engines=('dask',), repeat=1, log=print) -> dict:
+def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', engines=('dask',), repeat=1, log=print,
+          sandbox_rounds=0) -> dict:
     """Grading figures: for each module, `students` copies of a solved submission autograded with each of `jobs`
     processes, by each engine: 'dask' (`autograde`: a local Dask cluster, the coordinator writing the gradebook)
     and 'pool' (the former process pool, `_pool_autograde`). Wall time is the whole command's, cluster or pool
     start included. With `repeat` > 1 the engines alternate that many times and each keeps its fastest run (the
     least disturbed by other load). Returns {module: {engine: {jobs: {'wall', 'grading', 'per_submission',
-    'per_minute', 'runs'}}}}."""
+    'per_minute', 'runs'}}}}. `sandbox_rounds` > 0: instead, the cost of the sandbox: that many rounds, each
+    grading the copies on Dask with the sandbox and without (UNSAFE_NO_SANDBOX=1), in alternating order, on
+    `jobs[0]` processes; {module: {'sandbox': [...], 'none': [...], 'overhead'}}."""
+    if sandbox_rounds:
+        return _bench_sandbox(modules, students, jobs[0], nbs, log, sandbox_rounds)
     from .notebooks import fill_solutions
     figures = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -675,4 +727,47 @@ def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', engines=('das
                     for j in jobs[1:]:
                         log(f"{a}: {engine} speed-up with {j} processes: {base['wall'] / figures[a][engine][j]['wall']:.2f}x "
                             f"wall, {base['grading'] / figures[a][engine][j]['grading']:.2f}x grading")
+    return figures
+
+
+def _bench_sandbox(modules, students, jobs, nbs, log, rounds) -> dict:
+    from .notebooks import fill_solutions
+    from .sandbox import OPT_OUT
+    figures = {}
+    saved = os.environ.get(OPT_OUT)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / 'course'
+        notebooks = [p for p in course_notebooks(Path(nbs)) if not modules or p.stem[:2] in modules or p.stem in modules]
+        init(root, nbs=nbs, kit=False)
+        try:
+            for path in notebooks:
+                a = path.stem
+                solved = fill_solutions(nbformat.read(root / 'release' / a / path.name, as_version=4),
+                                        nbformat.read(path, as_version=4))
+                for i in range(students):
+                    dest = root / 'submitted' / f's{i:02d}' / a
+                    dest.mkdir(parents=True, exist_ok=True)
+                    nbformat.write(solved, dest / path.name)
+                seconds = {'sandbox': [], 'none': []}
+                for k in range(rounds):
+                    for mode in (('sandbox', 'none') if k % 2 == 0 else ('none', 'sandbox')):
+                        if mode == 'none':
+                            os.environ[OPT_OUT] = '1'
+                        else:
+                            os.environ.pop(OPT_OUT, None)
+                        r = autograde(root, a, jobs=jobs, regrade=True, log=lambda *_: None, progress=False)
+                        assert all(s['score'] == s['max_score'] for s in r['submissions'].values()), r
+                        seconds[mode] += [s['seconds'] for s in r['submissions'].values()]
+                mean = {m: sum(v) / len(v) for m, v in seconds.items()}
+                overhead = mean['sandbox'] / mean['none'] - 1
+                figures[a] = {'sandbox': seconds['sandbox'], 'none': seconds['none'], 'mean': mean,
+                              'overhead': overhead, 'jobs': jobs, 'rounds': rounds, 'students': students}
+                log(f"{a}: {mean['sandbox']:.2f} s per submission in the sandbox, {mean['none']:.2f} s without "
+                    f"({overhead * 100:+.1f}%; {rounds} alternating rounds of {students} submissions, "
+                    f"{jobs} process(es))")
+        finally:
+            if saved is None:
+                os.environ.pop(OPT_OUT, None)
+            else:
+                os.environ[OPT_OUT] = saved
     return figures

@@ -72,13 +72,18 @@ def assignment_spec(gb, assignment: str) -> dict:
     return {'name': a.name, 'duedate': a.duedate.isoformat() if a.duedate else None, 'notebooks': notebooks}
 
 
-def common_payload(root: Path, assignment: str, gb, course_id: str) -> dict:
-    "What every task of one assignment shares: the grading config, source/ and release/, the gradebook's record."
+def common_payload(root: Path, assignment: str, gb, course_id: str, unsafe: bool = False) -> dict:
+    """What every task of one assignment shares: the grading config, source/ and release/, the gradebook's record,
+    the solution and hidden-test lines of the whole course (scrubbed from the outputs: the worker's private course
+    holds only this assignment), and the coordinator's sandbox decision (`unsafe`: UNSAFE_NO_SANDBOX=1 where the
+    batch was started; the workers' own environment does not count)."""
+    from .autograding import course_secrets
     return {'assignment': assignment, 'course_id': course_id,
             'config': (root / 'nbgrader_config.py').read_text(),
             'source': folder_files(root / 'source' / assignment),
             'release': folder_files(root / 'release' / assignment),
-            'spec': assignment_spec(gb, assignment)}
+            'spec': assignment_spec(gb, assignment),
+            'secrets': course_secrets(root), 'unsafe': bool(unsafe)}
 
 
 def student_payload(root: Path, assignment: str, student: str, gb) -> dict:
@@ -149,14 +154,25 @@ def where() -> str:
         return f'{socket.gethostname()}:{os.getpid()}'
 
 
-def warm_up() -> str:
-    """Once per worker process, before its first submission: import nbgrader and the grading plug-ins, and check
-    that `tinytorch` is the reference package, never a student kit (raises otherwise). Returns the package's folder."""
+def warm_up(unsafe: bool = False) -> str:
+    """Once per worker process, before its first submission: import nbgrader and the grading plug-ins, check that
+    `tinytorch` is the reference package, never a student kit, and (unless `unsafe`: the coordinator's opt-out)
+    that a grading kernel can run in the bubblewrap sandbox on this machine. Raises otherwise (the sandbox:
+    SandboxUnavailable, naming the worker). Returns the package's folder."""
     if 'ref' not in _REFERENCE:
         import nbgrader.apps  # noqa: F401
         from . import autograding  # noqa: F401
         from .course import reference_package
         _REFERENCE['ref'] = reference_package()
+    if not unsafe:
+        from . import sandbox
+        if 'sandbox' not in _REFERENCE:         # checked once per process; a failure is checked again next time
+            why = sandbox.check()
+            if why:
+                raise sandbox.SandboxUnavailable(
+                    f'the worker {where()} cannot grade in the sandbox: {why}. Not grading there (the coordinator '
+                    f'can set {sandbox.OPT_OUT}=1 to grade without it, every submission flagged)')
+            _REFERENCE['sandbox'] = True
     return _REFERENCE['ref']
 
 
@@ -165,11 +181,18 @@ def grade_submission(common: dict, job: dict) -> dict:
     Never touches the course's gradebook. Returns the graded folder, scores, comments and the log."""
     start, t0 = time.time(), time.perf_counter()
     assignment, student = common['assignment'], job['student']
+    unsafe = bool(common.get('unsafe'))
     out = {'student': student, 'worker': where(), 'start': start, 'success': False, 'error': '', 'log': '',
-           'files': {}, 'notebooks': {}, 'timestamp': None, 'digest': job['digest']}
+           'files': {}, 'notebooks': {}, 'timestamp': None, 'digest': job['digest'], 'unsafe': unsafe}
     tmp = Path(tempfile.mkdtemp(prefix='tinytorch-grading-'))
+    from .autograding import given_secrets
+    from .sandbox import SandboxUnavailable
     try:
-        warm_up()
+        try:
+            warm_up(unsafe)
+        except SandboxUnavailable as e:
+            out['failure'] = f'not graded: {e}'
+            raise
         (tmp / 'nbgrader_config.py').write_text(common['config'])
         _write_files(tmp / 'source' / assignment, common['source'])
         _write_files(tmp / 'release' / assignment, common['release'])
@@ -189,6 +212,10 @@ def grade_submission(common: dict, job: dict) -> dict:
         cfg.CourseDirectory.db_url = db_url
         cfg.CourseDirectory.course_id = common['course_id']
         cfg.Restructure.course_root = str(tmp)
+        for name in ('ScrubHiddenTests', 'HideHiddenTests'):
+            getattr(cfg, name).course_root = str(tmp)
+        cfg.GradingExecute.no_sandbox = unsafe                # the coordinator's decision, not this environment's
+        given_secrets(tmp, common.get('secrets'))
         if job.get('extension'):
             with Gradebook(db_url, common['course_id']) as gb:
                 gb.update_or_create_student(student)
@@ -215,6 +242,7 @@ def grade_submission(common: dict, job: dict) -> dict:
         out['error'] = (out['error'] + '\n' + traceback.format_exc()).strip()
         out['success'] = False
     finally:
+        given_secrets(tmp, None)
         shutil.rmtree(tmp, ignore_errors=True)
     out['seconds'] = round(time.perf_counter() - t0, 2)
     out['end'] = time.time()
@@ -351,7 +379,15 @@ def run(common: dict, jobs: list, record, scheduler=None, workers=None, log=prin
             log(f'note: this scheduler retries a task {allowed} times when its worker dies '
                 f'(distributed.scheduler.allowed-failures); the course expects {RETRIES}: start it with '
                 f'DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES={RETRIES}')
-        client.run(warm_up)                                   # the workers there now; later ones warm up in a task
+        # the workers there now (later ones warm up in their first task): a worker without a usable sandbox
+        # stops the batch before anything is graded, as `preflight` does here
+        checked = client.run(warm_up, common['unsafe'], on_error='return')
+        refused = {w: e for w, e in checked.items() if isinstance(e, BaseException)}
+        if refused:
+            from .sandbox import SandboxUnavailable
+            if any(isinstance(e, SandboxUnavailable) for e in refused.values()):
+                raise SandboxUnavailable('not grading: ' + '; '.join(str(e) for e in refused.values()))
+            raise next(iter(refused.values()))
         shared = client.scatter(common, broadcast=False, hash=False)
         token = uuid.uuid4().hex[:8]
         futures = {client.submit(grade_submission, shared, job, key=f"grade-{common['assignment']}-{job['student']}-{token}",

@@ -427,7 +427,7 @@ def stage_notebook(path: Path, executed=None, text: str = None) -> dict:
 
     `cells` are dicts of kind 'markdown' (text), 'api' (entries), 'code' (source, outputs, check).
     `executed` is the executed instructor notebook whose outputs may be grafted."""
-    from .release import student_version
+    from .release import strip_locked_marker, student_version
     instructor = nbformat.reads(path.read_text(encoding='utf-8') if text is None else text, as_version=4)
     module_nb = bool(re.match(r'\d\d_', path.name))
     student = student_version(copy.deepcopy(instructor)) if module_nb else copy.deepcopy(instructor)
@@ -455,7 +455,8 @@ def stage_notebook(path: Path, executed=None, text: str = None) -> dict:
             continue
         if cell.cell_type != 'code':
             continue
-        d, body = directives(cell.source)
+        src = strip_locked_marker(cell.source)        # "(read-only)" first lines are for JupyterLab, not the site
+        d, body = directives(src)
         if 'hide' in d or 'default_exp' in d or 'exporti' in d or _false(d.get('include', 'true')) or not body.strip():
             continue
         if {'export', 'exports'} & d.keys():
@@ -468,7 +469,7 @@ def stage_notebook(path: Path, executed=None, text: str = None) -> dict:
             continue                                      # nbgrader cells outside a module: never shown
         outputs = []
         if (executed is not None and not meta.get('solution') and not meta.get('grade')
-                and cell.source == orig.source and not _false(d.get('output', 'true'))):
+                and src == orig.source and not _false(d.get('output', 'true'))):
             outputs = _safe_outputs(executed.cells[i].get('outputs', []))
         show_source = not _false(d.get('echo', 'true'))
         cells.append(dict(kind='code', source=body if show_source else '', outputs=outputs,

@@ -103,20 +103,59 @@ def exercise_titles(nb: dict) -> dict:
             for m in EXERCISE.finditer(source(c))}
 
 
-def graded_cells(nb: dict) -> list:
-    """Every graded cell, in order: {'grade_id', 'points', 'exercise'}.
+# Graded test ids name what they check: `test_NN_K_name` checks Exercise NN.K (an exercise may have several such
+# cells); `test_NN_name` (no exercise number) is a check of module NN as a whole, e.g. its end-to-end training run.
+TEST_ID = re.compile(r'^test_(\d\d)_(?:(\d+)_)?([A-Za-z]\w*)$')
 
-    A graded cell belongs to the exercise whose `### Exercise NN.M:` heading is the last one above it
-    (None before the first heading)."""
-    current, found = None, []
-    for cell in nb['cells']:
-        if cell['cell_type'] == 'markdown':
-            for m in EXERCISE.finditer(source(cell)):
-                current = m.group(1)
-        meta = nbgrader_meta(cell)
-        if meta.get('grade') and cell['cell_type'] == 'code':
-            found.append({'grade_id': meta['grade_id'], 'points': float(meta.get('points', 0)), 'exercise': current})
-    return found
+
+def exercise_of(grade_id: str):
+    "The exercise a graded cell checks, from its id: 'test_00_10_softmax' -> '00.10'; a module check -> None."
+    m = TEST_ID.match(grade_id or '')
+    return f'{m.group(1)}.{int(m.group(2))}' if m and m.group(2) else None
+
+
+def module_checks_label(prefix: str) -> str:
+    "The name the module-level checks of module `prefix` go by (a grades CSV column): '00' -> '00.module'."
+    return f'{prefix}.module'
+
+
+def graded_cells(nb: dict) -> list:
+    """Every graded cell, in order: {'grade_id', 'points', 'exercise', 'index'}.
+
+    `exercise` is the exercise the cell checks, read from its id (`test_NN_K_...` -> 'NN.K'), or None for a check
+    of the module as a whole (`test_NN_name`); `index` is the cell's 0-based position in the notebook."""
+    return [{'grade_id': nbgrader_meta(c)['grade_id'], 'points': float(nbgrader_meta(c).get('points', 0)),
+             'exercise': exercise_of(nbgrader_meta(c)['grade_id']), 'index': i}
+            for i, c in enumerate(nb['cells']) if nbgrader_meta(c).get('grade') and c['cell_type'] == 'code']
+
+
+def graded_id_problems(nb: dict, prefix: str) -> list:
+    """What is wrong with the graded cells' ids of module `prefix` ('00'): each must be `test_NN_K_name` for an
+    exercise NN.K of the notebook, below that exercise's solution cells, or `test_NN_name` for a module check;
+    every exercise must have a graded cell. Returns messages (empty when all is well)."""
+    problems, solution_at = [], {}
+    names = exercises(nb)
+    for i, c in enumerate(nb['cells']):
+        meta = nbgrader_meta(c)
+        if meta.get('solution') and c['cell_type'] == 'code':
+            solution_at[names[meta['grade_id']].split(':')[0]] = i
+    titles = exercise_titles(nb)
+    tested = set()
+    for g in graded_cells(nb):
+        m = TEST_ID.match(g['grade_id'])
+        if not m or m.group(1) != prefix:
+            problems.append(f"graded cell {g['grade_id']!r}: name it test_{prefix}_K_<what> (checks Exercise "
+                            f"{prefix}.K) or test_{prefix}_<what> (a check of the module as a whole)")
+        elif g['exercise'] is not None:
+            if g['exercise'] not in titles:
+                problems.append(f"graded cell {g['grade_id']!r} checks Exercise {g['exercise']}, which the notebook "
+                                f"does not have (its exercises: {', '.join(titles)})")
+            elif g['index'] < solution_at.get(g['exercise'], -1):
+                problems.append(f"graded cell {g['grade_id']!r} comes before Exercise {g['exercise']}'s solution cell")
+            tested.add(g['exercise'])
+    problems += [f'Exercise {k} has no graded cell test_{prefix}_{k.split(".")[1]}_<what>'
+                 for k in titles if k not in tested]
+    return problems
 
 
 def strip_solution_markers(text: str) -> str:

@@ -3,25 +3,31 @@
 The kit (`make release` -> `_release/`) is what a student gets: the student notebooks in `nbs/`, the `tinytorch`
 package exported from them (every exercise a stub that raises `NotImplementedError("Exercise NN.M: ...")`), a
 `pyproject.toml` that makes it an nbdev project and an installable package, and the `tinytorch` command
-(`tinytorch check`, `tinytorch export`, from `coursetools/student.py`).
+(`tinytorch check`, `tinytorch export`, from `coursetools/student.py`); `_release/tinytorch-kit.zip` is the same kit
+zipped under `kit/`, as an instructor hands it out.
+
+Locked cells (given code and graded tests) start with a comment saying so (`# graded test of Exercise 00.1
+(read-only)`): added at release, so the source notebooks and the docs' code stay as written, and the checksums
+and the cells nbgrader restores at autograding include it.
 """
 import os
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 from nbgrader.preprocessors import (CheckCellMetadata, ClearHiddenTests, ClearMarkScheme, ClearOutput,
                                     ClearSolutions, ComputeChecksums, LockCells, NbGraderPreprocessor)
 import nbformat
 
-from .notebooks import STUB, course_notebooks, exercises, nbgrader_meta
+from .notebooks import STUB, course_notebooks, exercise_of, exercises, graded_id_problems, load, nbgrader_meta
 
 ROOT = Path(__file__).resolve().parent.parent
 KIT_MARKER = '.tinytorch-kit'
 # The files of coursetools a student needs (the `tinytorch` command): no nbgrader, no solutions.
-KIT_TOOLS = ('__init__.py', 'notebooks.py', 'student.py')
+KIT_TOOLS = ('__init__.py', 'notebooks.py', 'student.py', 'check_kernel.py')
 
 
 class ExerciseStubs(ClearSolutions):
@@ -39,10 +45,38 @@ class ExerciseStubs(ClearSolutions):
         return super().preprocess_cell(cell, resources, cell_index)
 
 
+LOCKED_MARK = '(read-only)'
+
+
+def locked_marker(cell, module: str = None) -> str:
+    """The first line that tells a student in JupyterLab that a locked cell is read-only: `# graded test of Exercise
+    00.1 (read-only)`, `# graded check of module 00 as a whole (read-only)`, `# given code (read-only)`. A cell that
+    starts with nbdev directives (`#| export`) gets it as a directive line (`#| given code (read-only)`), which nbdev
+    skips: a plain comment there would end the directives and be exported into the package."""
+    meta = nbgrader_meta(cell)
+    if meta.get('grade'):
+        ex = exercise_of(meta.get('grade_id'))
+        what = f'graded test of Exercise {ex}' if ex else \
+            f"graded check of module {module or meta.get('grade_id', '')[5:7]} as a whole"
+    else:
+        what = 'given code'
+    prefix = '#|' if cell.source.lstrip().startswith('#|') else '#'
+    return f'{prefix} {what} {LOCKED_MARK}'
+
+
+def strip_locked_marker(text: str) -> str:
+    "A cell's source without the first line `locked_marker` gave it (the docs show the code as written)."
+    first, _, rest = text.partition('\n')
+    return rest if first.rstrip().endswith(LOCKED_MARK) and first.lstrip().startswith('#') else text
+
+
 class LockGivenCells(NbGraderPreprocessor):
     """Lock every given code cell (neither solution nor test): nbgrader metadata `locked: true` and a grade_id
     `given_<cell id>`, so that `LockCells` makes it read-only, `SaveCells` records it, and at autograding
-    `OverwriteCells` restores it if a student edited it. Runs before `LockCells`."""
+    `OverwriteCells` restores it if a student edited it. Then give every locked code cell (given code and graded
+    tests) a first line that says so (`locked_marker`): JupyterLab shows locked cells like the others. Runs before
+    `LockCells` and `ComputeChecksums`, so the released cells, their checksums and the cells nbgrader restores all
+    carry the marker."""
 
     def preprocess(self, nb, resources):
         taken = {nbgrader_meta(c).get('grade_id') for c in nb.cells}
@@ -55,6 +89,12 @@ class LockGivenCells(NbGraderPreprocessor):
             taken.add(gid)
             cell.metadata['nbgrader'] = {'grade': False, 'solution': False, 'locked': True, 'grade_id': gid,
                                          'schema_version': 3}
+        for cell in nb.cells:
+            meta = nbgrader_meta(cell)
+            if cell.cell_type == 'code' and (meta.get('locked') or meta.get('grade')) and not meta.get('solution'):
+                first = cell.source.split('\n', 1)[0]
+                if not first.rstrip().endswith(LOCKED_MARK):
+                    cell.source = locked_marker(cell) + '\n' + cell.source
         return nb, resources
 
 
@@ -147,12 +187,14 @@ python3 -m venv .venv                  # Python 3.11 or newer
    `NotImplementedError("Exercise 00.1: ...")` until you replace that line with your code. The locked cell under
    an exercise tests it; your instructor's grading adds hidden tests of the same things.
 2. Check a notebook at any time (it runs the whole notebook, your file is not changed):
-   `.venv/bin/tinytorch check 00` -> every exercise: passed, failed (with the message) or not attempted.
+   `.venv/bin/tinytorch check 00` -> every exercise: passed, failed (why, and where), todo (your stub is still
+   there) or blocked (by an earlier exercise, which it names). Cells are numbered as JupyterLab counts them.
 3. When a notebook passes, export it into your package: `.venv/bin/tinytorch export`. The next notebooks import
    your code from `tinytorch`: an exercise you have not solved yet shows up there as
    `NotImplementedError("Exercise 00.3: ...")`, naming the exercise to finish (and export).
 4. Hand in the notebook files themselves (`nbs/NN_name.ipynb`), as your instructor asks. Do not rename them.
-   Locked cells are restored before grading, so editing them gains nothing.
+   Cells marked `(read-only)` on their first line are locked: they are restored before grading, so editing
+   them gains nothing.
 '''
 
 
@@ -187,7 +229,7 @@ def build_kit(notebooks, out) -> Path:
     (out / KIT_MARKER).write_text('A tinytorch student kit, written by `python -m coursetools release`.\n')
     (out / 'pyproject.toml').write_text(KIT_PYPROJECT.format(version=_version(), urls=_urls(), dependencies=_dependencies()))
     (out / 'README.md').write_text(KIT_README)
-    (out / '.gitignore').write_text('.venv/\n__pycache__/\n*.egg-info/\n.ipynb_checkpoints/\n_docs/\n')
+    (out / '.gitignore').write_text(f'.venv/\n__pycache__/\n*.egg-info/\n.ipynb_checkpoints/\n_docs/\n{KIT_ZIP}\n')
     for nb in notebooks:
         shutil.copy(nb, out / 'nbs' / Path(nb).name)
     (out / 'tinytorch').mkdir()
@@ -215,6 +257,9 @@ def write_student_notebooks(nbs, out) -> list:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in course_notebooks(Path(nbs)):
+        problems = graded_id_problems(load(path), path.stem[:2])
+        if problems:
+            raise ValueError(f'{path.name}: ' + '; '.join(problems))
         nb = student_version(nbformat.read(path, as_version=4))
         dest = out / path.name
         tmp = dest.with_suffix('.ipynb.tmp')
@@ -224,9 +269,33 @@ def write_student_notebooks(nbs, out) -> list:
     return written
 
 
+KIT_ZIP = 'tinytorch-kit.zip'
+_NOT_ZIPPED = ('.venv', '__pycache__', '.ipynb_checkpoints', '_docs')
+
+
+def zip_kit(kit, dest=None, folder: str = 'kit') -> Path:
+    """Zip a kit as README "For students" unpacks it (`unzip tinytorch-kit.zip && cd kit`): every file under
+    `folder/`, without the zip itself, a venv or caches. `dest` defaults to `kit/tinytorch-kit.zip`; written
+    atomically. Returns `dest`."""
+    kit = Path(kit)
+    dest = Path(dest) if dest else kit / KIT_ZIP
+    tmp = dest.with_name(dest.name + '.tmp')
+    with zipfile.ZipFile(tmp, 'w', zipfile.ZIP_DEFLATED) as z:
+        for p in sorted(kit.rglob('*')):
+            rel = p.relative_to(kit)
+            if p in (dest, tmp) or any(part in _NOT_ZIPPED or part.endswith('.egg-info') for part in rel.parts):
+                continue
+            z.write(p, f'{folder}/{rel.as_posix()}')
+    tmp.replace(dest)
+    return dest
+
+
 def release(nbs='nbs', out='_release') -> Path:
-    "Write the student kit for the notebooks in `nbs` to `out` (see the module docstring); return `out`."
+    """Write the student kit for the notebooks in `nbs` to `out` (see the module docstring), and the same kit
+    zipped as `out/tinytorch-kit.zip` (what an instructor hands out); return `out`."""
     import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         notebooks = write_student_notebooks(nbs, tmp)
-        return build_kit(notebooks, out)
+        kit = build_kit(notebooks, out)
+    zip_kit(kit)
+    return kit

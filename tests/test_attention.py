@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 import tinytorch.attention as attention
 from tinytorch.attention import (MultiheadAttention, causal_mask, merge_heads, padding_mask,
-                                 scaled_dot_product_attention as sdpa, split_heads)
+                                 attend as sdpa, split_heads)     # attend: the function that can return weights
 from tinytorch.nn import manual_seed
 from tinytorch.tensor import Tensor, gradcheck, masked_fill, no_grad, softmax
 
@@ -284,7 +284,7 @@ def test_mha_errors():
         MultiheadAttention(0, 2)
     with pytest.raises(ValueError, match='dropout'):
         MultiheadAttention(8, 2, dropout=1.5)
-    mha = MultiheadAttention(8, 2)
+    mha = MultiheadAttention(8, 2, batch_first=True)
     x = randn(2, 3, 8)
     with pytest.raises(ValueError, match='embed_dim=8'):
         mha(randn(2, 3, 6), x, x)
@@ -315,7 +315,7 @@ def test_mha_parameters_init_and_modes():
 
 def test_mha_dropout_only_in_training():
     manual_seed(0)
-    mha = MultiheadAttention(8, 2, dropout=0.5)
+    mha = MultiheadAttention(8, 2, dropout=0.5, batch_first=True)
     x = Tensor(randn(2, 6, 8))
     a, _ = mha(x, x, x)
     b, _ = mha(x, x, x)
@@ -328,7 +328,7 @@ def test_mha_dropout_only_in_training():
 
 def test_mha_layouts():
     manual_seed(0)
-    mha = MultiheadAttention(8, 2)
+    mha = MultiheadAttention(8, 2, batch_first=True)
     seq_first = MultiheadAttention(8, 2, batch_first=False)
     seq_first.load_state_dict(mha.state_dict())
     x, mem = randn(2, 3, 8), randn(2, 5, 8)
@@ -347,7 +347,7 @@ def test_mha_layouts():
 
 def test_mha_gradcheck():
     manual_seed(0)
-    mha = MultiheadAttention(6, 3)
+    mha = MultiheadAttention(6, 3, batch_first=True)
     pad = np.array([[False, False, True], [False, False, False]])
     gradcheck(lambda a, m: mha(a, m, m, key_padding_mask=pad)[0], randn(2, 2, 6), randn(2, 3, 6))
     gradcheck(lambda a: mha(a, a, a, is_causal=True)[0], randn(2, 3, 6))
@@ -355,7 +355,7 @@ def test_mha_gradcheck():
 
 def test_mha_parameter_gradients_match_finite_differences():
     manual_seed(0)
-    mha = MultiheadAttention(4, 2)
+    mha = MultiheadAttention(4, 2, batch_first=True)
     x, g = randn(1, 3, 4), randn(1, 3, 4)
     out, _ = mha(x, x, x, attn_mask=causal_mask(3))
     out.backward(g)
@@ -403,7 +403,7 @@ def test_sdpa_matches_torch(case):
 def _torch_mha(torch, E, H, **kw):
     torch.manual_seed(0)
     theirs = torch.nn.MultiheadAttention(E, H, batch_first=True, **kw)
-    ours = MultiheadAttention(E, H, **kw)
+    ours = MultiheadAttention(E, H, batch_first=True, **kw)
     ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})   # unchanged
     return ours, theirs
 

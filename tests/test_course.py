@@ -1,9 +1,12 @@
 """Every module notebook as course material: its structure, its student release, and an nbgrader round trip.
 
 New notebooks in nbs/ are picked up automatically."""
+import ast
 import copy
 import json
 import re
+import subprocess
+import sys
 
 import nbformat
 import pytest
@@ -12,8 +15,8 @@ from nbclient.exceptions import CellExecutionError
 
 from conftest import ROOT
 from coursetools import grading
-from coursetools.notebooks import (SOLUTION, course_notebooks, exercises, fill_solutions, load, nbgrader_meta,
-                                   secret_lines, source)
+from coursetools.notebooks import (SOLUTION, course_notebooks, exercise_of, exercises, fill_solutions,
+                                   graded_id_problems, load, nbgrader_meta, secret_lines, source)
 from coursetools.release import student_version
 
 NOTEBOOKS = course_notebooks(ROOT / 'nbs')
@@ -31,6 +34,8 @@ def test_structure(path):
     assert source(cells[0]).strip().startswith('#| default_exp '), 'first cell must be `#| default_exp <module>`'
     names = exercises(nb)                               # raises for a solution cell without an exercise heading
     assert names, 'a module notebook has exercises'
+    problems = graded_id_problems(nb, path.stem[:2])    # test_NN_K_name checks Exercise NN.K, test_NN_name the module
+    assert not problems, problems
     ids = [nbgrader_meta(c)['grade_id'] for c in cells if nbgrader_meta(c)]
     assert len(ids) == len(set(ids)), f'duplicate grade_id: {sorted(i for i in ids if ids.count(i) > 1)}'
     graded = [c for c in cells if nbgrader_meta(c).get('grade')]
@@ -52,6 +57,88 @@ def test_structure(path):
             pytest.fail(f'solution region outside a solution cell: {src[:80]!r}')
         assert not c.get('outputs') and c.get('execution_count') is None, \
             f'commit notebooks without outputs: {src[:60]!r}'
+
+
+def test_graded_ids_name_their_exercise():
+    "A graded cell's id says which exercise it checks (or that it checks the module); a wrong one is refused."
+    assert [exercise_of(g) for g in ('test_00_10_softmax', 'test_03_04_same_merges', 'test_00_training')] == \
+           ['00.10', '03.4', None]
+    nb = load(ROOT / 'nbs' / '00_tensor.ipynb')
+    cell = next(c for c in nb['cells'] if nbgrader_meta(c).get('grade_id') == 'test_00_10_softmax')
+    cell['metadata']['nbgrader']['grade_id'] = 'test_00_13_softmax'
+    problems = graded_id_problems(nb, '00')
+    assert any('Exercise 00.13, which the notebook does not have' in p for p in problems), problems
+    assert any('Exercise 00.10 has no graded cell' in p for p in problems), problems
+    cell['metadata']['nbgrader']['grade_id'] = 'softmax_check'
+    assert any("'softmax_check': name it test_00_K_" in p for p in graded_id_problems(nb, '00'))
+
+
+_CONSTANT_CALLS = ('np.array', 'np.zeros', 'np.ones', 'np.eye', 'np.full', 'np.arange', 'np.float32', 'np.int64')
+
+
+def _constant(node) -> bool:
+    "An expression that is plainly an expected value: a literal, or np.array/np.zeros/... of literals."
+    try:
+        ast.literal_eval(node)
+        return True
+    except ValueError:
+        pass
+    if isinstance(node, ast.Call) and ast.unparse(node.func) in _CONSTANT_CALLS:
+        return all(_constant(a) for a in node.args)
+    return isinstance(node, ast.Attribute) and ast.unparse(node).startswith('np.')
+
+
+@params
+def test_graded_checks_put_the_students_value_first(path):
+    """`tinytorch check` says "yours" for the first argument of test_eq/test_close and "expected" for the second
+    (coursetools/check_kernel.py): no graded cell may put a plain expected value first."""
+    from IPython.core.inputtransformer2 import TransformerManager
+    reversed_calls, calls = [], 0
+    for c in load(path)['cells']:
+        if not nbgrader_meta(c).get('grade'):
+            continue
+        for node in ast.walk(ast.parse(TransformerManager().transform_cell(source(c)))):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in ('test_eq', 'test_close', 'test_ne') \
+                    and len(node.args) >= 2:
+                calls += 1
+                if _constant(node.args[0]) and not _constant(node.args[1]):
+                    reversed_calls.append(ast.unparse(node)[:100])
+    assert calls and not reversed_calls, reversed_calls
+
+
+def test_check_messages_say_which_value_is_which(tmp_path):
+    "In the kernel of `tinytorch check`: the same comparisons, messages that name yours and the expected value."
+    script = tmp_path / 'cell.py'
+    script.write_text(
+        'import numpy as np\n'
+        'from coursetools.check_kernel import install\n'
+        'install()\n'
+        'from fastcore.test import test_eq, test_close, test_fail\n'
+        'def failure(f):\n'
+        '    try:\n'
+        '        f()\n'
+        '    except AssertionError as e:\n'
+        '        return str(e)\n'
+        '    return None\n'
+        'got = np.array([1.0, 2.0, 3.0])\n'
+        'print(repr(failure(lambda: test_eq(got, got.reshape(3, 1)))))\n'
+        'print(repr(failure(lambda: test_close(got, np.array([1.0, 2.5, 3.0]), eps=1e-3))))\n'
+        'print(repr(failure(lambda: test_fail(lambda: 1 / 0, contains="modulo"))))\n'
+        'print(repr(failure(lambda: test_eq(got, np.array([1.0, 2.0, 3.0])))))\n'
+        'print(repr(failure(lambda: test_close(got, got + 1e-6))))\n'
+        'print(repr(failure(lambda: test_fail(lambda: 1 / 0, contains="division"))))\n')
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=ROOT)
+    out = [ast.literal_eval(line) for line in r.stdout.splitlines()]
+    assert len(out) == 6, r.stderr
+    eq, close, fail = out[:3]
+    assert eq.startswith('test_eq(got, got.reshape(3, 1)): not equal\n  yours    (got): array([1., 2., 3.])\n'
+                         '  expected (got.reshape(3, 1)):\n'), eq
+    assert eq.endswith('the shapes differ: yours (3,), expected (3, 1)'), eq
+    assert close.startswith('test_close(got, np.array([1.0, 2.5, 3.0])): not close enough (allowed difference '
+                            '0.001)') and 'largest difference 0.5 at index (1,)' in close, close
+    assert fail == "test_fail: expected an error whose message contains 'modulo', got ZeroDivisionError: " \
+                   "division by zero", fail
+    assert out[3:] == [None, None, None], 'what passes must still pass'
 
 
 @params

@@ -518,7 +518,7 @@ def test_layer_norm_backward_leaves_its_inputs_and_saved_state_alone():
     ln = LayerNorm(8)
     ln.weight.data[...] = randn(8)
     y = ln(xt)
-    y.backward(g)
+    y.backward(g, retain_graph=True)                   # as in PyTorch, a second pass needs the graph kept
     first = xt.grad.copy(), ln.weight.grad.copy()
     xt.grad = ln.weight.grad = None
     y.backward(g)                                      # a second pass through the same graph gives the same

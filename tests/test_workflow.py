@@ -34,11 +34,11 @@ import pytest
 
 from conftest import ROOT
 from coursetools import course
-from coursetools.notebooks import (HIDDEN, SOLUTION, course_notebooks, exercise_titles, fill_solutions,
-                                   graded_cells, hidden_tests, load, module_name, nbgrader_meta, public_lines,
-                                   secret_lines, source)
+from coursetools.notebooks import (HIDDEN, SOLUTION, course_notebooks, exercise_of, exercise_titles, exercises,
+                                   fill_solutions, graded_cells, hidden_tests, load, module_name, nbgrader_meta,
+                                   public_lines, secret_lines, source)
 from coursetools.release import kit_stubs, release, student_version
-from coursetools.student import classify, execute
+from coursetools.student import classify, execute, render
 
 NOTEBOOKS = course_notebooks(ROOT / 'nbs')
 params = pytest.mark.parametrize('path', NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -64,9 +64,26 @@ def solve(kit, names=None):
             nbformat.write(solved, p)
 
 
+def unzip(archive, dest):
+    "Unpack a zip as README's `unzip tinytorch-kit.zip` does (file times kept: `tinytorch check` compares them)."
+    if shutil.which('unzip'):
+        subprocess.run(['unzip', '-q', str(archive)], cwd=dest, check=True)
+        return
+    with zipfile.ZipFile(archive) as z:
+        for info in z.infolist():
+            path = Path(z.extract(info, dest))
+            stamp = time.mktime(info.date_time + (0, 0, -1))
+            os.utime(path, (stamp, stamp))
+
+
 @pytest.fixture(scope='module')
 def kit(tmp_path_factory):
-    return release(ROOT / 'nbs', tmp_path_factory.mktemp('kit') / 'tinytorch')
+    "The kit as a student gets it: `make release`'s tinytorch-kit.zip, unpacked with README's command."
+    released = release(ROOT / 'nbs', tmp_path_factory.mktemp('release') / '_release')
+    student = tmp_path_factory.mktemp('student')
+    unzip(released / 'tinytorch-kit.zip', student)
+    assert sorted(p.name for p in student.iterdir()) == ['kit']
+    return student / 'kit'
 
 
 @pytest.fixture(scope='module')
@@ -105,6 +122,7 @@ def test_kit_is_a_student_project(kit):
         assert given and all(nbgrader_meta(c).get('locked') and c.metadata.get('editable') is False for c in given)
         py = f'tinytorch/{module_name(nb)}.py'
         assert set(stubs[py]) == set(exercise_titles(nb)), f'{py} should stub every exercise of {path.name}'
+    check_locked_cells_say_so(kit)
     lines = {l.strip() for p in kit.rglob('*') if p.is_file() for l in p.read_text(errors='replace').splitlines()}
     lines |= {l.strip() for p in course_notebooks(kit / 'nbs') for c in load(p)['cells']
               for l in source(c).splitlines()}
@@ -113,6 +131,28 @@ def test_kit_is_a_student_project(kit):
     secrets = {line for path in NOTEBOOKS for line in secret_lines(load(path))} - public
     leaked = sorted(secrets & lines)
     assert not leaked, f'solution or hidden-test lines in the kit: {leaked[:5]}'
+
+
+def check_locked_cells_say_so(kit):
+    """Every locked code cell of the kit's notebooks starts with a line that says it is read-only (what it is, for
+    a test: which exercise); no other cell does, and the marker never reaches the package."""
+    from coursetools.release import LOCKED_MARK
+    for path in NOTEBOOKS:
+        cells = nbformat.read(kit / 'nbs' / path.name, as_version=4).cells
+        for c in cells:
+            meta = nbgrader_meta(c)
+            first = c.source.split('\n', 1)[0] if c.cell_type == 'code' else ''
+            locked = c.cell_type == 'code' and meta.get('locked') and not meta.get('solution')
+            assert first.endswith(LOCKED_MARK) == bool(locked), (path.name, meta.get('grade_id'), first)
+            if meta.get('grade'):
+                ex = exercise_of(meta['grade_id'])
+                assert first == (f'# graded test of Exercise {ex} (read-only)' if ex else
+                                 f'# graded check of module {path.stem[:2]} as a whole (read-only)'), first
+            elif locked:
+                assert first in ('# given code (read-only)', '#| given code (read-only)'), first
+                assert first.startswith('#|') == c.source.split('\n', 1)[1].startswith('#|'), \
+                    'the marker of a cell with nbdev directives must be a directive line (nbdev skips it)'
+    assert not [p for p in (kit / 'tinytorch').glob('*.py') if LOCKED_MARK in p.read_text()]
 
 
 def test_student_package_shadows_the_reference(kit):
@@ -130,20 +170,74 @@ def test_student_package_shadows_the_reference(kit):
     assert plain.stdout.strip() == str(ROOT / 'tinytorch' / '__init__.py')
 
 
-@pytest.mark.slow
-def test_check_untouched_kit(kit):
-    r = tinytorch(kit, 'check', '00', '--json')
-    assert r.returncode == 1, r.stderr
+def records(report):
+    return report['exercises'] + report['module_checks']
+
+
+def check_report_shape(report, path):
+    """What every `tinytorch check --json` report holds: one record per exercise of the notebook, in order, one per
+    module check (`test_NN_name`), each with one of the four statuses and consistent points."""
+    nb = load(path)
+    assert [r['exercise'] for r in report['exercises']] == list(exercise_titles(nb))
+    assert [r['check'] for r in report['module_checks']] == [g['grade_id'] for g in graded_cells(nb)
+                                                             if g['exercise'] is None]
+    for r in records(report):
+        assert r['status'] in ('passed', 'failed', 'todo', 'blocked'), r
+        assert 0 <= r['points'] <= r['max_points'] and (r['points'] == r['max_points']) == (r['status'] == 'passed')
+        assert (r['blocked_by'] is not None) == (r['status'] == 'blocked'), r
+        if r['blocked_by']:
+            assert re.fullmatch(r'\d\d\.\d+', r['blocked_by']) and r['blocked_by'] != r.get('exercise')
+            assert f"Exercise {r['blocked_by']}" in r['message']
+    points = {}
+    for g in graded_cells(nb):
+        points[g['exercise']] = points.get(g['exercise'], 0) + g['points']
+    assert {r['exercise']: r['max_points'] for r in report['exercises']} == \
+           {k: v for k, v in points.items() if k is not None}
+    assert report['max_points'] == sum(points.values())
+    assert report['passed'] == all(r['status'] == 'passed' for r in records(report))
+
+
+def untouched_exercises(kit, path) -> set:
+    "The exercises of a kit notebook whose solution cells are all still the released stubs."
+    stubs = {nbgrader_meta(c)['grade_id']: c.source for c in student_version(nbformat.read(
+        ROOT / 'nbs' / path.name, as_version=4)).cells if nbgrader_meta(c).get('solution')}
+    mine = {nbgrader_meta(c)['grade_id']: c.source for c in nbformat.read(kit / 'nbs' / path.name, as_version=4).cells
+            if nbgrader_meta(c).get('solution')}
+    by_exercise = {}
+    for gid, title in exercises(load(path)).items():
+        by_exercise.setdefault(title.split(':')[0], []).append(mine.get(gid) == stubs[gid])
+    return {ex for ex, same in by_exercise.items() if all(same)}
+
+
+def check_json(kit, module, path):
+    "`tinytorch check NN --json` in the kit, read and checked for shape and for the one promise: untouched = todo."
+    r = tinytorch(kit, 'check', module, '--json')
+    assert r.returncode in (0, 1), r.stdout[-2000:] + r.stderr[-3000:]
     report = json.loads(r.stdout)
-    assert report['score'] == 0 and report['points'] > 0
-    statuses = {ex['exercise']: ex['status'] for ex in report['exercises']}
-    assert statuses['00.1'] == 'not attempted'
-    assert set(statuses.values()) <= {'not attempted', 'blocked', 'untested', 'failed'}
-    first = next(t for ex in report['exercises'] for t in ex['tests'])
-    assert first['message'] == 'Exercise 00.1 is not done yet'
-    from coursetools.student import render
-    human = render(report, '00_tensor.ipynb', report['seconds'])
-    assert 'Exercise 00.1: implement unbroadcast' in human and 'not attempted' in human and 'visible tests: 0/' in human
+    assert r.returncode == (0 if report['passed'] else 1)
+    check_report_shape(report, path)
+    untouched = untouched_exercises(kit, path)
+    for rec in report['exercises']:
+        if rec['exercise'] in untouched:
+            assert rec['status'] == 'todo', f"untouched Exercise {rec['exercise']} reported {rec['status']}: {rec}"
+    return report
+
+
+@pytest.mark.slow
+@params
+def test_check_untouched_kit(kit, path):
+    "On the kit as released, every exercise is todo (never failed) and every module check blocked by one of them."
+    report = check_json(kit, path.stem[:2], path)
+    assert all(r['status'] == 'todo' for r in report['exercises'])
+    assert all(r['status'] == 'blocked' for r in report['module_checks'])
+    assert report['points'] == 0 and report['other_errors'] == []
+    first = report['exercises'][0]
+    assert first['message'].startswith('not done yet: replace the `raise NotImplementedError(...)` line in cell ')
+    if path.stem == '00_tensor':
+        from coursetools.student import render
+        human = render(report)
+        assert '  todo     Exercise 00.1: implement unbroadcast  [0/2]' in human.splitlines()
+        assert 'checks of module 00 as a whole' in human
 
 
 def test_solved_kit_exports_the_reference_package(solved_kit):
@@ -164,10 +258,11 @@ def test_check_solved_module(solved_kit, path, monkeypatch):
     monkeypatch.setenv('PYTHONPATH', str(kit))         # the kernel imports the student's package
     monkeypatch.delenv('IN_TEST', raising=False)
     report = check(path.stem[:2], root=kit)
-    failing = [(t['grade_id'], t['message']) for ex in report['exercises'] for t in ex['tests'] if t['status'] != 'passed']
+    failing = [(r.get('exercise') or r['check'], r['message']) for r in records(report) if r['status'] != 'passed']
     assert not failing and report['passed'], failing
-    assert report['score'] == report['points'] == sum(g['points'] for g in graded_cells(load(path)))
-    assert report['first_error'] is None and not report['hints']
+    check_report_shape(report, path)
+    assert report['points'] == report['max_points'] == sum(g['points'] for g in graded_cells(load(path)))
+    assert report['other_errors'] == [] and not report['hints']
 
 
 @pytest.mark.slow
@@ -179,12 +274,226 @@ def test_unsolved_dependency_names_the_exercise(kit, tmp_path):
     shutil.copytree(kit, d)
     solve(d, {later[0].stem})                     # module N solved, module 00 untouched
     assert tinytorch(d, 'export').returncode == 0
-    r = tinytorch(d, 'check', later[0].stem[:2], '--json')
-    report = json.loads(r.stdout)
-    blocked = [t for ex in report['exercises'] for t in ex['tests'] if t['status'] == 'blocked']
-    assert blocked and r.returncode == 1
-    assert all(re.match(r'needs Exercise 00\.\d+ of module 00', t['message']) for t in blocked), blocked
-    assert '`tinytorch export`' in blocked[0]['message']
+    report = check_json(d, later[0].stem[:2], later[0])
+    blocked = [r for r in records(report) if r['status'] == 'blocked']
+    assert blocked and not report['passed']
+    assert {r['status'] for r in records(report)} <= {'passed', 'blocked'}, 'module N is solved: nothing failed'
+    for r in blocked:
+        assert r['blocked_by'].startswith('00.'), r
+        assert 'still a stub in your tinytorch package. Solve it in nbs/00_tensor.ipynb, run `tinytorch export`' \
+            in r['message'], r['message']
+
+
+def _executed(cells):
+    """An executed notebook from (kind, source, nbgrader metadata or None, error or None) tuples; an error is
+    (ename, evalue, traceback entries as IPython prints them)."""
+    nb = nbformat.v4.new_notebook()
+    count = 0
+    for kind, src, meta, err in cells:
+        if kind == 'md':
+            nb.cells.append(nbformat.v4.new_markdown_cell(src))
+            continue
+        count += 1
+        cell = nbformat.v4.new_code_cell(src, execution_count=count)
+        if meta:
+            cell.metadata['nbgrader'] = dict(meta, schema_version=3)
+        if err:
+            cell.outputs = [nbformat.v4.new_output('error', ename=err[0], evalue=err[1],
+                                                   traceback=[e.replace('N]', f'{count}]', 1) for e in err[2]])]
+        nb.cells.append(cell)
+    return nb
+
+
+def test_check_traces_errors_to_their_cause(tmp_path):
+    """Without a kernel: a NameError three cells after a given cell stopped by another module's stub is traced to
+    that stub (the module check is blocked by it, with the command); a wrong solution that raises names the
+    student's line, in their cell or in their package."""
+    pkg = tmp_path / 'tinytorch'
+    pkg.mkdir()
+    (pkg / 'tensor.py').write_text('def helper(x):\n    return x.missing\n')
+    test = {'grade': True, 'solution': False, 'locked': True, 'points': 2}
+    nb = _executed([
+        ('md', '### Exercise 99.1: implement f', None, None),
+        ('code', '#| export\ndef f(x):\n    y = x + 1\n    return y.nope', {'solution': True, 'grade': False,
+                                                                              'grade_id': 'ex99_01_f'}, None),
+        ('code', '# graded test of Exercise 99.1 (read-only)\ntest_eq(f(1), 2)', dict(test, grade_id='test_99_01_f'),
+         ('AttributeError', "'int' object has no attribute 'nope'",
+          ['---', 'Cell In[N], line 2\n----> 2 test_eq(f(1), 2)\n', 'Cell In[1], line 4, in f(x)\n----> 4 return y.nope\n'])),
+        ('code', 'from tinytorch.tensor import helper\nvocab = build_vocab(words)\nlosses = train(vocab)', None,
+         ('NotImplementedError', 'Exercise 98.2: implement build_vocab',
+          ['Cell In[N], line 2\n----> 2 vocab = build_vocab(words)\n'])),
+        ('code', 'fig = plot(losses)', None, ('NameError', "name 'losses' is not defined", ['Cell In[N], line 1\n'])),
+        ('code', 'final = losses[-1]\nhelper(final)', None, ('NameError', "name 'losses' is not defined", [])),
+        ('code', '# graded check of module 99 as a whole (read-only)\ntest_eq(final < 1, True)',
+         dict(test, grade_id='test_99_training'), ('NameError', "name 'final' is not defined", ['Cell In[N], line 2'])),
+        ('code', 'helper(3)', None, ('AttributeError', "'int' object has no attribute 'missing'",
+                                      ['Cell In[N], line 1\n', f'File {pkg}/tensor.py:2, in helper(x)\n'])),
+    ])
+    catalogue = {'98.2': {'title': 'implement build_vocab', 'notebook': 'nbs/98_words.ipynb', 'stub_in_notebook': True}}
+    report = classify(nb, '99', root=tmp_path, catalogue=catalogue)
+    ex, = report['exercises']
+    assert (ex['exercise'], ex['status'], ex['cell']) == ('99.1', 'failed', 3)
+    assert ex['message'] == "AttributeError: 'int' object has no attribute 'nope'"
+    assert ex['where'] == {'cell': 2, 'line': 4, 'yours': True, 'code': 'return y.nope'}
+    check, = report['module_checks']
+    assert (check['check'], check['status'], check['blocked_by']) == ('test_99_training', 'blocked', '98.2')
+    assert check['message'] == ('needs Exercise 98.2 (implement build_vocab) first: it is still a stub in your '
+                                'tinytorch package. Solve it in nbs/98_words.ipynb, run `tinytorch export`, then '
+                                'check again')
+    other, = report['other_errors']                     # the student's own cell, failing in their package
+    assert other['cell'] == 8 and other['where'] == {'file': 'tinytorch/tensor.py', 'line': 2, 'function': 'helper',
+                                                     'yours': True, 'code': 'return x.missing'}
+    assert '  checks of module 99 as a whole (no single exercise):' in render(report).splitlines()
+
+
+def solve_partly(kit, stem, keep=(), edit=None):
+    """Solve the kit's notebook `stem` from the instructor's, but leave the solution cells `keep` as released (the
+    stubs) and apply `edit` ({grade_id: function of the source}: a wrong solution)."""
+    path = Path(kit) / 'nbs' / f'{stem}.ipynb'
+    nb = nbformat.read(path, as_version=4)
+    stubs = {nbgrader_meta(c)['grade_id']: c.source for c in nb.cells if nbgrader_meta(c).get('solution')}
+    fill_solutions(nb, nbformat.read(ROOT / 'nbs' / path.name, as_version=4))
+    for c in nb.cells:
+        gid = nbgrader_meta(c).get('grade_id')
+        if gid in keep:
+            c.source = stubs[gid]
+        if edit and gid in edit:
+            changed = edit[gid](c.source)
+            assert changed != c.source, f'the edit of {gid} changed nothing'
+            c.source = changed
+    nbformat.write(nb, path)
+
+
+def by_name(report) -> dict:
+    return {r.get('exercise') or r['check']: r for r in records(report)}
+
+
+def _nb(stem):
+    return ROOT / 'nbs' / f'{stem}.ipynb'
+
+
+@pytest.mark.slow
+def test_check_student_ahead(kit, tmp_path):
+    """Module 04 solved before two exercises it builds on (01.1 and 03.1 still stubs): 04's exercises pass, its
+    training check is blocked by 03.1 with the command to run; 03.1 solved but not exported: the report says to
+    export; exported: the same check is now blocked by 01.1, the next stub on its way. In 01, 01.1 is todo and the
+    module check waits for it."""
+    d = tmp_path / 'tinytorch'
+    shutil.copytree(kit, d)
+    for stem in ('00_tensor', '02_optim', '04_embeddings'):
+        solve_partly(d, stem)
+    solve_partly(d, '01_nn', keep={'ex01_01_named_parameters'})
+    solve_partly(d, '03_tokenization', keep={'ex03_01_build_vocab'})
+    assert tinytorch(d, 'export').returncode == 0
+    r = by_name(check_json(d, '04', _nb('04_embeddings')))
+    assert {k: v['status'] for k, v in r.items()} == {**{f'04.{k}': 'passed' for k in range(1, 6)},
+                                                    'test_04_fast_backward': 'passed', 'test_04_profiler': 'passed',
+                                                    'test_04_training': 'blocked'}
+    assert r['test_04_training']['blocked_by'] == '03.1'
+    assert ('needs Exercise 03.1 (implement build_vocab) first: it is still a stub in your tinytorch package. '
+            'Solve it in nbs/03_tokenization.ipynb, run `tinytorch export`, then check again') \
+        == r['test_04_training']['message']
+
+    r = by_name(check_json(d, '01', _nb('01_nn')))
+    assert r['01.1']['status'] == 'todo' and r['test_01_training']['blocked_by'] == '01.1'
+    assert re.search(r'it is still a stub in cell \d+ \(`class Module:`\)', r['test_01_training']['message'])
+
+    solve_partly(d, '03_tokenization')                    # solved in the notebook, not exported yet
+    report = check_json(d, '04', _nb('04_embeddings'))
+    r = by_name(report)['test_04_training']
+    assert r['blocked_by'] == '03.1' and 'you solved it in nbs/03_tokenization.ipynb, but your tinytorch package ' \
+        'still has the stub. Run `tinytorch export`' in r['message'], r
+    assert any('03_tokenization.ipynb changed after your last export' in h for h in report['hints'])
+    assert tinytorch(d, 'export').returncode == 0
+    r = by_name(check_json(d, '04', _nb('04_embeddings')))['test_04_training']
+    assert (r['status'], r['blocked_by']) == ('blocked', '01.1'), r
+
+
+def readme_examples() -> dict:
+    """{command: [lines]}: the example outputs in README's "For students" (in plain ``` blocks, a line `$ command`
+    starts one)."""
+    text = (ROOT / 'README.md').read_text(encoding='utf-8')
+    section = text[text.index('## For students'):text.index('## For instructors')]
+    examples, block, current = {}, None, None
+    for line in section.splitlines():
+        if line.strip().startswith('```'):
+            block = None if block is not None else (line.strip() == '```' and len(line) - len(line.lstrip()))
+            current = None
+        elif block is not False and block is not None:
+            line = line[block:]
+            if line.startswith('$ '):
+                current = examples.setdefault(line[2:].strip(), [])
+            elif current is not None:
+                current.append(line)
+    return examples
+
+
+def check_readme_example(lines, output):
+    """Every line of a README example is a line of the real output, in order: `...` alone skips lines, ` ...` at
+    the end stands for the rest of the line; seconds and cell/line numbers may differ (others edit the notebooks)."""
+    def norm(s):
+        s = re.sub(r'checked in \d+ s', 'checked in N s', s.rstrip())
+        return re.sub(r'\b(cell|line) \d+', r'\1 N', s)
+    out = [norm(l) for l in output.splitlines()]
+    i = 0
+    for line in lines:
+        if line.strip() == '...':
+            continue
+        want = norm(line)
+        prefix = want.endswith(' ...')
+        want = want[:-4] if prefix else want
+        while i < len(out) and not (out[i].startswith(want) if prefix else out[i] == want):
+            i += 1
+        assert i < len(out), f'README shows a line the command does not print (in this order): {line!r}\n{output}'
+        i += 1
+
+
+WRONG_MUL = {'ex00_02_mul': lambda s: s.replace('unbroadcast(grad * x, y.shape)', 'grad * x')}   # forgets y's sum
+
+
+@pytest.mark.slow
+def test_check_student_in_progress(kit, tmp_path):
+    """Module 00 half done (00.1, 00.4, 00.5 solved, 00.2 solved wrongly, 00.3 and the rest untouched) and exported,
+    module 01 solved: in 00, 00.2 failed with yours/expected, 00.3 todo, 00.4 and 00.5 blocked by 00.3, the rest
+    todo, the module checks blocked; in 01, the exercises that run backward are blocked by 00.3, the command named."""
+    d = tmp_path / 'tinytorch'
+    shutil.copytree(kit, d)
+    solve_partly(d, '00_tensor', keep={gid for gid in exercises(load(_nb('00_tensor')))
+                                       if gid not in ('ex00_01_unbroadcast', 'ex00_02_mul', 'ex00_04_matmul',
+                                                      'ex00_05_exp')}, edit=WRONG_MUL)
+    solve_partly(d, '01_nn')
+    exported = tinytorch(d, 'export')
+    assert exported.returncode == 0
+    report = check_json(d, '00', _nb('00_tensor'))
+    r = by_name(report)
+    assert r['00.1']['status'] == 'passed'
+    wrong = r['00.2']
+    cell = 1 + next(i for i, c in enumerate(load(d / 'nbs' / '00_tensor.ipynb')['cells'])
+                    if nbgrader_meta(c).get('grade_id') == 'test_00_02_mul')       # as JupyterLab counts
+    assert wrong['status'] == 'failed' and wrong['cell'] == cell and wrong['where']['code'].startswith('test_eq(gy, ')
+    assert wrong['message'].startswith('AssertionError: test_eq(gy, x.sum(axis=0)): not equal\n  yours    (gy):\n')
+    assert '\n  expected (x.sum(axis=0)): array([3., 5., 7.])\n' in wrong['message']
+    assert wrong['message'].endswith('the shapes differ: yours (2, 3), expected (3,)')
+    assert r['00.3']['status'] == 'todo'
+    assert [(r[k]['status'], r[k]['blocked_by']) for k in ('00.4', '00.5')] == [('blocked', '00.3')] * 2
+    assert all(r[f'00.{k}']['status'] == 'todo' for k in range(6, 13))
+    assert {(r[k]['status'], r[k]['blocked_by']) for k in ('test_00_join', 'test_00_training')} == {('blocked', '00.3')}
+    human = render(report).splitlines()
+    assert '  failed   Exercise 00.2: implement Mul.backward  [0/1]' in human
+    assert '  blocked  Exercise 00.4: implement MatMul.backward  [0/3]' in human
+
+    report01 = check_json(d, '01', _nb('01_nn'))
+    examples = readme_examples()                       # README "For students" shows this very student
+    assert set(examples) == {'.venv/bin/tinytorch check 00', '.venv/bin/tinytorch export',
+                             '.venv/bin/tinytorch check 01'}, examples
+    check_readme_example(examples['.venv/bin/tinytorch check 00'], render(report))
+    check_readme_example(examples['.venv/bin/tinytorch export'], exported.stdout)
+    check_readme_example(examples['.venv/bin/tinytorch check 01'], render(report01))
+    r = by_name(report01)
+    blocked = {k for k, v in r.items() if v['status'] == 'blocked'}
+    assert blocked and {r[k]['blocked_by'] for k in blocked} == {'00.3'}
+    assert {v['status'] for k, v in r.items() if k not in blocked} == {'passed'}
+    assert all('Solve it in nbs/00_tensor.ipynb, run `tinytorch export`' in r[k]['message'] for k in blocked)
 
 
 QUICK_DEMO = [('--preset', 'tiny'), ('--epochs', '2'), ('--train-size', '512'), ('--out', 'demo'),
@@ -392,7 +701,7 @@ def check_graded_or_flagged(batch):
     expect = {   # case: (score, flags that must be there)
         'solved': (full, []),
         'untouched': (0, []),
-        'tampered': (full - points('test_00_13_gelu', 'test_00_14_training'),
+        'tampered': (full - points('test_00_12_gelu', 'test_00_training'),
                      ['`test_00_01_unbroadcast` was edited', '`test_00_03_backward` was deleted', 'cells were moved',
                       'solution cell `ex00_12_gelu` was deleted', '50 MB of outputs: removed']),
         'cheat': (None, ['redefines `test_eq`', 'redefines `gradcheck`', 'patches `fastcore`', 'patches `builtins`']),
@@ -415,13 +724,14 @@ def check_graded_or_flagged(batch):
         assert s['graded'] == (case not in ('invalid_json', 'empty', 'other_module', 'no_notebook')), case
     assert subs['cheat']['cells']['test_00_01_unbroadcast'] == 0, 'the cheat passed the test'
     crash = subs['crash']['cells']
-    assert crash['test_00_05_exp'] == crash['test_00_14_training'] == 0
+    assert crash['test_00_05_exp'] == crash['test_00_training'] == 0
 
 
 def check_cheat_needs_the_guards(course_dir):
     "The same cheat run plainly (as `tinytorch check` does) passes the test it should fail: the guard matters."
     nb, _ = execute(course_dir / 'submitted' / 'cheat' / A / f'{A}.ipynb', timeout=60)
-    tests = {t['grade_id']: t for ex in classify(nb, '00')['exercises'] for t in ex['tests']}
+    report = classify(nb, '00')
+    tests = {t['grade_id']: t for r in report['exercises'] + report['module_checks'] for t in r['tests']}
     assert tests['test_00_01_unbroadcast']['status'] == 'passed'
 
 
@@ -462,20 +772,41 @@ def check_rerun_gives_the_same_grades(batch, course_dir):
         assert report['submissions'][s]['flags'] == first[s]['flags'], s
 
 
-def check_feedback_without_hidden_tests(batch, course_dir):
-    pages = course.feedback(course_dir, A, log=lambda *_: None)
-    assert set(pages) == set(batch['report']['submissions'])
+def hidden_test_lines():
+    "Hidden-test lines of module 00 that no visible line contains (what a leak check looks for)."
     source_nb = load(ROOT / 'nbs' / f'{A}.ipynb')
     shown = '\n'.join(public_lines(source_nb))   # a hidden line that is part of a visible one is no secret
     hidden = [l.strip() for region in hidden_tests(source_nb) for l in region.splitlines()
               if len(l.strip()) > 12 and not l.strip().startswith('#') and l.strip() not in shown]
     assert hidden, 'no hidden-test line to look for'
+    return hidden
+
+
+def assert_no_hidden_tests_in_feedback(course_dir):
+    "Every feedback file generated in the course directory, as a student reads it: no hidden-test line."
     import html
-    for sid, page in pages.items():
-        text = html.unescape(re.sub(r'<[^>]+>', '', Path(page).read_text()))
-        assert not [h for h in hidden if h in text], f'hidden tests in the feedback of {sid}'
+    hidden = hidden_test_lines()
+    files = [p for p in (course_dir / 'feedback').rglob('*') if p.is_file()]
+    assert files, 'no feedback generated'
+    for page in files:
+        raw = page.read_text(errors='replace')
+        text = html.unescape(re.sub(r'<[^>]+>', '', raw))
+        leaked = [h for h in hidden if h in text or h in html.unescape(raw)]
+        assert not leaked, f'hidden tests in the feedback file {page}: {leaked[:3]}'
+    return files
+
+
+def check_feedback_without_hidden_tests(batch, course_dir):
+    pages = course.feedback(course_dir, A, log=lambda *_: None)
+    assert set(pages) == set(batch['report']['submissions'])
+    assert_no_hidden_tests_in_feedback(course_dir)
     assert 'not valid JSON' in Path(pages['invalid_json']).read_text()
-    assert 'kernel died' in html.unescape(Path(pages['crash']).read_text())
+    assert 'kernel died' in html_text(pages['crash'])
+
+
+def html_text(page) -> str:
+    import html
+    return html.unescape(Path(page).read_text())
 
 
 def check_grades_csv(batch, course_dir):
@@ -483,9 +814,11 @@ def check_grades_csv(batch, course_dir):
     rows = {r['student']: r for r in csv.DictReader(out.open())}
     header = next(csv.reader(out.open()))
     nb = load(ROOT / 'nbs' / f'{A}.ipynb')
-    exercises = list(dict.fromkeys(g['exercise'] for g in graded_cells(nb)))
+    exercises = list(dict.fromkeys(g['exercise'] for g in graded_cells(nb) if g['exercise'])) + ['00.module']
+    assert exercises[:2] == ['00.1', '00.2'] and len(exercises) == len(exercise_titles(nb)) + 1
     assert header[0] == 'student' and header[-2:] == ['total', 'flags']
     assert header[1:1 + len(exercises) + 1] == exercises + [A]
+    assert float(rows['solved']['00.module']) == points('test_00_join', 'test_00_training')
     for sid, s in batch['report']['submissions'].items():
         row = rows[sid]
         assert float(row[A]) == s['score'] == sum(float(row[e]) for e in exercises), sid
@@ -531,6 +864,227 @@ def test_time_limits_of_a_grading_kernel(tmp_path):
     assert [o.ename for o in nb.cells[3].outputs] == ['NotRun']
     found = flags(nb)
     assert any('ran longer than 2 s' in f for f in found) and any('longer than 3 s in all' in f for f in found), found
+
+
+# ---------------------------------------------------------------------------------------------- the grading sandbox
+
+VICTIM = 'Zoë Ünal-Ørsted 李'          # an honest student graded after the attackers (a Unicode id, end to end)
+
+
+def _attacks(course_dir, port):
+    """{student: cells added after test_00_01_unbroadcast of a solved notebook}: the attacks of issue 12, each
+    bounded if the sandbox fails (at most 300 forks, address space reserved and never touched, loopback only)."""
+    course = str(course_dir)
+    seen = [course, str(ROOT / 'nbs'), str(ROOT / 'tests'), str(ROOT / 'README.md')]   # none is in the sandbox
+    return {
+        'forger': [f"import sqlite3\ndb = sqlite3.connect({course + '/gradebook.db'!r})\n"
+                   "db.execute('UPDATE grade SET manual_score = (SELECT max_score FROM grade_cells "
+                   "WHERE grade_cells.id = grade.cell_id)')\ndb.commit()\nprint('forged')"],
+        'planter': [f"for d in [{course + '/source/' + A!r}, {course + '/submitted/' + VICTIM + '/' + A!r}]:\n"
+                    "    try:\n"
+                    "        open(d + '/numpy.py', 'w').write('raise ImportError(\"planted\")\\n')\n"
+                    "        print('planted in', d)\n"
+                    "    except OSError as e:\n"
+                    "        print('refused', type(e).__name__)"],
+        'leaker': [f"print(open({course + '/source/' + A + '/' + A + '.ipynb'!r}).read())",
+                   "print('\\n'.join(In))",             # IPython's history: the tests run before this cell
+                   "import os\nprint('seen:', [p for p in " + repr(seen) + " if os.path.exists(p)], "
+                   "sorted(set(os.listdir(" + repr(str(Path.home())) + ")) - {'.pyenv'}))"],
+        'forkbomb': ["import os, time\npids = []\nfor i in range(300):\n    try:\n        pid = os.fork()\n"
+                     "    except OSError:\n        break\n    if pid == 0:\n        time.sleep(30)\n        os._exit(0)\n"
+                     "    pids.append(pid)\nprint('forked', len(pids))\nfor pid in pids:\n    os.kill(pid, 9)\n"
+                     "    os.waitpid(pid, 0)"],
+        'hog': ["import mmap\nm = mmap.mmap(-1, 20 * 2**30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | "
+                "getattr(mmap, 'MAP_NORESERVE', 0x4000))   # address space only: never touched\nprint('mapped 20 GB')",
+                "big = np.empty(20 * 2**30, dtype=np.uint8)\nprint('allocated 20 GB')"],
+        'caller': [f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)\n"
+                   "s.sendall(b'hello from a grading kernel')\nprint('connected')"],
+        # an untouched notebook that prints the reference package (every module's solutions): graded 0
+        'copier': ["import inspect, tinytorch.tensor\nprint(inspect.getsource(tinytorch.tensor))"],
+    }
+
+
+def _outputs(course_dir, student) -> str:
+    nb = nbformat.read(course_dir / 'autograded' / student / A / f'{A}.ipynb', as_version=4)
+    return '\n'.join(o.get('text', '') + o.get('evalue', '') for c in nb.cells if c.cell_type == 'code'
+                     for o in c.get('outputs', []))
+
+
+@pytest.mark.slow
+def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
+    """Issue 12's attacks, each a submission that also solves everything: the forged gradebook row, the planted
+    `numpy.py`, the printed hidden tests, the write into another student's folder, a fork bomb, a 20 GB
+    allocation, a socket to 127.0.0.1. Each graded with the full score its honest part earns, flagged with what
+    it tried; the attack failed; the batch completes; an honest student graded after them keeps full marks; the
+    gradebook holds only the autograder's scores; no feedback file holds a hidden-test line."""
+    course_dir = small_course(tmp_path, [A])
+    solved = solved_kit[0] / 'nbs' / f'{A}.ipynb'
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(8)
+    listener.setblocking(False)
+    attacks = _attacks(course_dir, listener.getsockname()[1])
+    for student, cells in attacks.items():
+        nb = nbformat.read(course_dir / 'release' / A / f'{A}.ipynb' if student == 'copier' else solved, as_version=4)
+        for code in reversed(cells):
+            _add_after(nb, 'test_00_01_unbroadcast', code)
+        nbformat.write(nb, tmp_path / f'{student}.ipynb')
+        _submit(course_dir, A, student, tmp_path / f'{student}.ipynb')
+    _submit(course_dir, A, VICTIM, solved)
+    victim_files = sorted(p.name for p in (course_dir / 'submitted' / VICTIM / A).iterdir())
+    source_files = sorted(p.name for p in (course_dir / 'source' / A).iterdir())
+    try:
+        report = course.autograde(course_dir, A, students=list(attacks), jobs=2, log=lambda *_: None)
+        with pytest.raises(BlockingIOError):       # nobody connected to the host's loopback
+            listener.accept()
+    finally:
+        listener.close()
+    full = points()
+    subs = report['submissions']
+    assert report['sandbox'] is True and set(subs) == set(attacks)
+    expect = {'forger': 'tried to open the database', 'planter': 'tried to write outside its folder',
+              'leaker': 'held hidden-test lines', 'forkbomb': 'started processes', 'hog': 'ran out of memory',
+              'caller': 'tried to connect a socket'}
+    expect['copier'] = "held lines of the course's solutions"
+    for student, flag in expect.items():
+        s = subs[student]
+        assert s['graded'] and s['score'] == (0 if student == 'copier' else full), (student, s['score'], s['flags'])
+        assert any(flag in f for f in s['flags']), (student, flag, s['flags'])
+    assert any('tried to read outside its folder' in f and 'source' in f for f in subs['leaker']['flags'])
+    assert len(subs['copier']['flags']) == 1, subs['copier']['flags']   # importing the package is no attempt
+    out = {student: _outputs(course_dir, student) for student in attacks}
+    assert 'forged' not in out['forger']
+    assert 'planted in' not in out['planter'] and out['planter'].count('refused') == 2
+    assert sorted(p.name for p in (course_dir / 'source' / A).iterdir()) == source_files
+    assert sorted(p.name for p in (course_dir / 'submitted' / VICTIM / A).iterdir()) == victim_files
+    forked = re.search(r'forked (\d+)', out['forkbomb'])
+    assert forked and int(forked.group(1)) < 100, out['forkbomb'][-500:]     # the sandbox allows 64 tasks
+    assert 'mapped 20 GB' not in out['hog'] and 'allocated 20 GB' not in out['hog']
+    assert len([f for f in subs['hog']['flags'] if 'ran out of memory' in f]) == 2, subs['hog']['flags']
+    assert 'connected' not in out['caller']
+    hidden = hidden_test_lines()
+    assert not [h for h in hidden if h in out['leaker']], 'hidden tests left in an output of the graded notebook'
+    assert 'seen: [] []' in out['leaker'], out['leaker'][-300:]     # no course, no repository, nothing of the home
+    secrets = secret_lines(load(ROOT / 'nbs' / f'{A}.ipynb'))      # solutions and hidden tests
+    assert 'class Tensor' in out['copier'] and not [l for l in secrets if l in out['copier']]
+
+    (course_dir / 'source' / A / 'numpy.py').write_text('raise ImportError("planted")\n')   # as if planted earlier
+    victim = course.autograde(course_dir, A, students=[VICTIM], jobs=0, log=lambda *_: None)['submissions'][VICTIM]
+    assert victim['score'] == full, victim
+    assert any('`numpy.py`' in f for f in victim['flags']), victim['flags']
+    with course.gradebook(course_dir) as gb:           # only the autograder's scores, for every student
+        grades = [g for sid in list(attacks) + [VICTIM] for nb in gb.find_submission(A, sid).notebooks
+                  for g in nb.grades]
+        assert grades and all(g.manual_score is None for g in grades)
+        assert all(float(gb.find_submission(A, sid).score) == (0 if sid == 'copier' else full)
+                   for sid in list(attacks) + [VICTIM])
+    pages = course.feedback(course_dir, A, log=lambda *_: None)
+    assert set(pages) == set(attacks) | {VICTIM}
+    assert_no_hidden_tests_in_feedback(course_dir)
+    assert 'held hidden-test lines' in html_text(pages['leaker'])
+    import html
+    copier = html.unescape(re.sub(r'<[^>]+>', '', Path(pages['copier']).read_text()))
+    assert 'class Tensor' in copier and not [l for l in secrets if l in copier]
+    rows = {r['student']: r for r in csv.DictReader(course.grades(course_dir, log=lambda *_: None).open())}
+    assert float(rows[VICTIM]['total']) == full and float(rows['forger']['total']) == full
+    assert 'tried to open the database' in rows['forger']['flags']
+
+
+@pytest.mark.slow
+def test_unsafe_no_sandbox_flags_every_submission(solved_kit, tmp_path, monkeypatch):
+    """UNSAFE_NO_SANDBOX=1 grades without the sandbox and flags every submission "graded without a sandbox": in
+    the report, the CSV and the gradebook (the formgrader shows the notebook flagged, with the note on top)."""
+    course_dir = small_course(tmp_path, [A])
+    _submit(course_dir, A, 'honest', solved_kit[0] / 'nbs' / f'{A}.ipynb')
+    monkeypatch.setenv('UNSAFE_NO_SANDBOX', '1')
+    report = course.autograde(course_dir, A, jobs=0, log=lambda *_: None)
+    s = report['submissions']['honest']
+    assert report['sandbox'] is False and s['score'] == points()
+    assert [f for f in s['flags'] if 'graded without a sandbox' in f] == s['flags'] != []
+    row = next(csv.DictReader(course.grades(course_dir, log=lambda *_: None).open()))
+    assert 'graded without a sandbox' in row['flags']
+    with course.gradebook(course_dir) as gb:
+        assert all(nb.flagged for nb in gb.find_submission(A, 'honest').notebooks)
+    graded = nbformat.read(course_dir / 'autograded' / 'honest' / A / f'{A}.ipynb', as_version=4)
+    assert 'graded without a sandbox' in graded.cells[0].source
+
+
+def test_no_bwrap_stops_before_grading(tmp_path):
+    """Without bwrap, `python -m coursetools autograde` (the first step of `make grade`) grades nothing: it exits
+    non-zero saying why and how to install bubblewrap."""
+    course_dir = small_course(tmp_path, [A])
+    _submit(course_dir, A, 'honest', course_dir / 'release' / A / f'{A}.ipynb')
+    env = {k: v for k, v in os.environ.items() if k != 'UNSAFE_NO_SANDBOX'}
+    env['PATH'] = str(tmp_path / 'empty')              # no bwrap on the path
+    r = subprocess.run([sys.executable, '-m', 'coursetools', 'autograde', str(course_dir), A], cwd=ROOT, env=env,
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert 'apt-get install bubblewrap' in r.stderr and 'UNSAFE_NO_SANDBOX=1' in r.stderr
+    assert not (course_dir / 'autograded').exists()
+    from coursetools import sandbox
+    assert sandbox.check() == '', 'bwrap is installed here and should start'
+
+
+def test_audit_records_become_flags():
+    "What the audit hook records (coursetools/guard.py) becomes flags; anything else in the channel is flagged too."
+    from coursetools.autograding import audit_flags
+    records = [{'event': 'open', 'path': f'/c/source/{i}'} for i in range(5)] + [
+        {'event': 'write', 'path': '/c/gradebook.db'}, {'event': 'connect', 'address': "('127.0.0.1', 80)"},
+        {'event': 'process', 'how': 'os.fork', 'what': "''"}, {'event': 'process', 'how': 'os.fork'},
+        {'event': 'sys.addaudithook'}, 'not json', {'event': 'end'}]
+    found = audit_flags(records, sandboxed=True, completed=True, max_processes=64)
+    assert found[0] == 'tried to read outside its folder: `/c/source/0`, `/c/source/1`, `/c/source/2` (and 2 more)' \
+        ': the sandbox stopped it'
+    assert found[1:] == ['tried to write outside its folder: `/c/gradebook.db`: the sandbox stopped it',
+                         "tried to connect a socket to `('127.0.0.1', 80)`: the sandbox has no network",
+                         'started processes (os.fork x2): at most 64 at once in the sandbox',
+                         "tried to add its own audit hook (which sees the tests' code): refused",
+                         "wrote into the grader's audit channel"]
+    assert audit_flags([{'event': 'end'}], True, True, 64) == []
+    assert audit_flags([], True, False, 64) == []            # the kernel died: no end marker expected
+    assert 'closed or silenced' in audit_flags([], True, True, 64)[0]
+    assert 'without a sandbox' in audit_flags([{'event': 'write', 'path': '/x'}], False, True, 64)[0]
+
+
+def test_hidden_lines_are_scrubbed_from_every_output():
+    "Every kind of output of every cell, and only hidden lines that are not visible elsewhere in the course."
+    from coursetools.autograding import HIDDEN_MARK, hidden_lines, scrub_outputs
+    nb = nbformat.read(ROOT / 'nbs' / f'{A}.ipynb', as_version=4)
+    lines = hidden_lines(nb)
+    assert set(lines) == set(hidden_test_lines())
+    secret = lines[0]
+    cell = nbformat.v4.new_code_cell('print(leak)', outputs=[
+        nbformat.v4.new_output('stream', name='stdout', text=f'a\n{secret}\nb'),
+        nbformat.v4.new_output('execute_result', data={'text/plain': repr(secret), 'text/html': [secret]},
+                               execution_count=1),
+        nbformat.v4.new_output('display_data', data={'application/json': {'k': secret}}),
+        nbformat.v4.new_output('error', ename='E', evalue=secret, traceback=[f'  {secret}'])])
+    nb.cells.append(cell)
+    found = scrub_outputs(nb, lines)
+    assert found == {len(nb.cells) - 1: 6}
+    text = json.dumps(cell.outputs)
+    assert secret not in text and text.count(HIDDEN_MARK) == 6
+
+
+def test_student_ids_keep_their_letters(tmp_path):
+    """Student ids: NFC-normalised, letters of every script kept, only what a path or nbgrader's patterns cannot
+    hold replaced; two folders that give one id are flagged (collect)."""
+    import unicodedata
+    from coursetools.course import student_id
+    assert student_id('Zoë Ünal-Ørsted 李') == 'Zoë Ünal-Ørsted 李'
+    assert student_id(unicodedata.normalize('NFD', 'Zoë Ünal-Ørsted 李')) == 'Zoë Ünal-Ørsted 李'
+    assert student_id('Zoë Ünal-Ørsted 李_12345_assignsubmission_file_') == 'Zoë Ünal-Ørsted 李_12345'
+    assert student_id('a/b*c?[d]\x00e') == 'a_b_c_d_e'
+    assert student_id('..') == 'student' and student_id('  Anna   Maria ') == 'Anna Maria'
+    assert student_id('Ольга_7_assignsubmission_file_', r'^(.*)_\d+_assign') == 'Ольга'
+    course_dir = small_course(tmp_path, [A])
+    export = tmp_path / 'export'
+    for name in ('Zoë Ünal-Ørsted 李', unicodedata.normalize('NFD', 'Zoë Ünal-Ørsted 李')):
+        (export / name).mkdir(parents=True)
+        (export / name / 'notes.txt').write_text('nothing')
+    collected = course.collect(course_dir, A, export)
+    assert set(collected) == {'Zoë Ünal-Ørsted 李', 'Zoë Ünal-Ørsted 李_2'}
+    assert any('gives the same id' in f for f in collected['Zoë Ünal-Ørsted 李_2']['flags'])
 
 
 def _free_port():

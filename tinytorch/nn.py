@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .tensor import Function, Tensor, gelu, relu
+from .tensor import Function, Tensor, _need_floating, gelu, relu
 
 # %% ../nbs/01_nn.ipynb #c3839812
 _generator = np.random.default_rng()
@@ -361,6 +361,7 @@ class LinearFunction(Function):
 # %% ../nbs/01_nn.ipynb #7ca9ca36
 def linear(x, weight, bias=None) -> Tensor:
     "x @ weight.T + bias over the last axis of `x`; `weight` is (out_features, in_features), as in PyTorch."
+    _need_floating(x, 'linear')
     if np.ndim(x) == 0 or x.shape[-1] != weight.shape[-1]:
         raise ValueError(f"linear: input has {x.shape[-1] if np.ndim(x) else 0} features in its last dimension "
                          f"(shape {x.shape}), but weight of shape {weight.shape} expects {weight.shape[-1]}")
@@ -491,7 +492,7 @@ def dropout(x, p: float = 0.5, training: bool = True, generator=None):
     _check_probability(p)
     if not training or p == 0:
         return x
-    return DropoutFunction.apply(x, p=float(p), generator=_rng(generator))
+    return DropoutFunction.apply(_need_floating(x, 'dropout'), p=float(p), generator=_rng(generator))
 
 
 class Dropout(Module):
@@ -576,6 +577,7 @@ def _normalized_shape(shape) -> tuple:
 def layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
     "Normalise `x` over its trailing `normalized_shape` axes to mean 0 and variance 1, then scale and shift."
     shape = _normalized_shape(normalized_shape)
+    _need_floating(x, 'layer_norm')
     if np.ndim(x) < len(shape) or tuple(x.shape[np.ndim(x) - len(shape):]) != shape:
         raise ValueError(f"layer_norm: input of shape {x.shape} does not end with normalized_shape {shape}")
     return LayerNormFunction.apply(x, weight, bias, normalized_shape=shape, eps=float(eps))
@@ -645,7 +647,7 @@ def cross_entropy(logits, target, ignore_index: int = -100, label_smoothing: flo
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
-    logits = logits if isinstance(logits, Tensor) else Tensor(logits)
+    logits = _need_floating(logits if isinstance(logits, Tensor) else Tensor(logits), 'cross_entropy (logits)')
     target = np.asarray(target.data if isinstance(target, Tensor) else target)
     if logits.ndim == 0 or not np.issubdtype(target.dtype, np.integer):
         raise TypeError(f"cross_entropy: expects logits with a class axis and integer class indices as target, "

@@ -408,7 +408,7 @@ class LRFinderResult(NamedTuple):
     "What `lr_find` measured: the learning rates tried, the smoothed loss at each, and a suggested rate."
     lrs: np.ndarray
     losses: np.ndarray
-    suggested_lr: float
+    suggested_lr: float = None     # None when no loss of the sweep was finite
 
     def plot(self, ax=None):
         "Smoothed loss against learning rate (log scale), the suggestion marked; returns the axes."
@@ -416,11 +416,13 @@ class LRFinderResult(NamedTuple):
         if ax is None:
             ax = plt.subplots(figsize=(6, 3.5))[1]
         ax.plot(self.lrs, self.losses)
-        ax.axvline(self.suggested_lr, color='tab:red', linestyle='--', label=f'suggested lr {self.suggested_lr:.2g}')
+        if self.suggested_lr is not None:
+            ax.axvline(self.suggested_lr, color='tab:red', linestyle='--',
+                       label=f'suggested lr {self.suggested_lr:.2g}')
+            ax.legend()
         ax.set_xscale('log')
         ax.set_xlabel('learning rate')
         ax.set_ylabel('loss (smoothed)')
-        ax.legend()
         return ax
 
 
@@ -431,27 +433,35 @@ def lr_find(model, optimizer: Optimizer, loss_fn, batches, start_lr: float = 1e-
     if not end_lr > start_lr or num_iter < 2:
         raise ValueError(f"need end_lr > start_lr and num_iter >= 2, got {end_lr!r}, {start_lr!r}, {num_iter!r}")
     saved_model, saved_optimizer = model.state_dict(), optimizer.state_dict()
+    params = list(model.parameters())
+    saved_grads = [p.grad for p in params]
     gamma = (end_lr / start_lr) ** (1.0 / (num_iter - 1))
     lrs, losses, average, best = [], [], 0.0, math.inf
-    for i, batch in zip(range(num_iter), batches):
-        lr = start_lr * gamma ** i
-        for group in optimizer.param_groups:
-            group['lr'] = lr
-        loss = loss_fn(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        average = smooth * average + (1.0 - smooth) * loss.item()
-        smoothed = average / (1.0 - smooth ** (i + 1))     # bias-corrected moving average
-        lrs.append(lr)
-        losses.append(smoothed)
-        if not math.isfinite(smoothed) or smoothed > diverge * best:
-            break
-        best = min(best, smoothed)
-    model.load_state_dict(saved_model)
-    optimizer.load_state_dict(saved_optimizer)
+    try:
+        for i, batch in zip(range(num_iter), batches):
+            lr = start_lr * gamma ** i
+            for group in optimizer.param_groups:
+                group['lr'] = lr
+            loss = loss_fn(batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            average = smooth * average + (1.0 - smooth) * loss.item()
+            smoothed = average / (1.0 - smooth ** (i + 1))     # bias-corrected moving average
+            lrs.append(lr)
+            losses.append(smoothed)
+            if not math.isfinite(smoothed) or smoothed > diverge * best:
+                break
+            best = min(best, smoothed)
+    finally:                            # on every exit: a diverged sweep, an exception, Ctrl-C
+        model.load_state_dict(saved_model)
+        optimizer.load_state_dict(saved_optimizer)
+        for p, g in zip(params, saved_grads):
+            p.grad = g
     lrs, losses = np.array(lrs), np.array(losses)
-    return LRFinderResult(lrs, losses, float(lrs[np.nanargmin(losses)] / 10) if len(lrs) else start_lr)
+    finite = np.isfinite(losses)
+    suggested = float(lrs[np.where(finite, losses, np.inf).argmin()] / 10) if finite.any() else None
+    return LRFinderResult(lrs, losses, suggested)
 
 # %% ../nbs/02_optim.ipynb #1891bbe1
 class EarlyStopping:

@@ -6,8 +6,8 @@ Docs: https://tinytorch.github.io/tinytorch/training.html.md"""
 
 # %% auto #0
 __all__ = ['FIRST_SYMBOL', 'reversal_pairs', 'reversal_splits', 'DataLoader', 'teacher_forcing', 'accuracy_counts', 'train_step',
-           'evaluate', 'exact_match', 'atomic_write', 'save_checkpoint', 'load_checkpoint', 'History', 'plot_history',
-           'fit', 'show_examples', 'plot_attention', 'main']
+           'evaluate', 'exact_match', 'atomic_write', 'save_checkpoint', 'CheckpointError', 'load_checkpoint',
+           'History', 'plot_history', 'fit', 'show_examples', 'plot_attention', 'main']
 
 # %% ../nbs/08_training.ipynb #45701711
 import argparse
@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -132,14 +133,18 @@ def accuracy_counts(logits, labels: np.ndarray) -> tuple:
 
 # %% ../nbs/08_training.ipynb #01b94274
 def train_step(model, optimizer, src: np.ndarray, tgt: np.ndarray, clip_grad_norm: float = None) -> float:
-    "One optimisation step on a batch under teacher forcing; returns the loss."
+    "One optimisation step on a batch under teacher forcing; returns the loss (a non-finite one is an error)."
     optimizer.zero_grad()
     loss, _, _ = teacher_forcing(model, src, tgt)
+    value = loss.item()
+    if not math.isfinite(value):                 # before the update: the weights stay as they were
+        raise FloatingPointError(f"the loss is {value}: the weights were not updated (a smaller learning rate or "
+                                 f"clip_grad_norm usually helps)")
     loss.backward()
     if clip_grad_norm is not None:
         clip_grad_norm_(model.parameters(), clip_grad_norm)
     optimizer.step()
-    return loss.item()
+    return value
 
 
 def evaluate(model, loader) -> dict:
@@ -157,6 +162,8 @@ def evaluate(model, loader) -> dict:
     finally:
         model.train(was_training)
     right, tokens, exact, sequences = counts.tolist()
+    if tokens == 0:
+        raise ValueError("evaluate: the loader gave no target tokens to score (is it empty?)")
     return dict(loss=total_loss / max(tokens, 1), token_acc=right / max(tokens, 1),
                 seq_acc=exact / max(sequences, 1))
 
@@ -263,21 +270,54 @@ def _differences(saved: dict, current: dict) -> str:
                      for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k))
 
 
+class CheckpointError(ValueError):
+    "A file that is not a readable tinytorch checkpoint: damaged, truncated, empty, or something else."
+
+
+def _read_checkpoint(path: Path) -> tuple:
+    "(meta, arrays) of a checkpoint file; any damage is one CheckpointError naming the path. Never unpickles."
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise CheckpointError(f"{path} is not a tinytorch checkpoint: it holds a single array, not a .npz")
+            if 'meta.json' not in f.files:
+                raise CheckpointError(f"{path} is not a tinytorch checkpoint (no meta.json entry)")
+            meta = json.loads(f['meta.json'].tobytes().decode())
+            if not isinstance(meta, dict) or meta.get('format') != _FORMAT:
+                found = meta.get('format') if isinstance(meta, dict) else None
+                raise CheckpointError(f"{path}: unknown checkpoint format {found!r}, expected {_FORMAT!r}")
+            return meta, {k: f[k] for k in f.files if k != 'meta.json'}
+    except CheckpointError:
+        raise
+    except Exception as e:        # zip, CRC, header, JSON, UTF-8, pickle refusals: all the same for the user
+        why = ('it holds pickled Python objects, which are never loaded (loading them can run any code)'
+               if 'pickle' in str(e) else f'{type(e).__name__}: {str(e)[:120] or "no detail"}')
+        raise CheckpointError(f"{path} is not a readable tinytorch checkpoint: the file is damaged or of another "
+                              f"kind ({why})") from None
+
+
+def _with_defaults(saved: dict, model) -> dict:
+    "A checkpoint's architecture fields, with fields added to the configuration since then at their defaults."
+    defaults = {f.name: f.default for f in fields(model.config)} if is_dataclass(model.config) else {}
+    return {**{k: v for k, v in defaults.items() if k in model.config.model_fields()}, **saved}
+
+
 def load_checkpoint(path, model, optimizer=None, scheduler=None) -> dict:
     "Restore what `save_checkpoint` wrote into `model` (and `optimizer`, `scheduler`, the dropout generator); return the extras."
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    with np.load(path, allow_pickle=False) as f:
-        if 'meta.json' not in f.files:
-            raise ValueError(f"{path} is not a tinytorch checkpoint (no meta.json entry)")
-        meta = json.loads(f['meta.json'].tobytes().decode())
-        if meta.get('format') != _FORMAT:
-            raise ValueError(f"{path}: unknown checkpoint format {meta.get('format')!r}, expected {_FORMAT!r}")
-        saved, current = meta.get('architecture'), _model_fields(model)
-        if saved is not None and current is not None and saved != current:
-            raise ValueError(f"{path} was written for another configuration: {_differences(saved, current)}")
-        state = _unpack(meta['state'], {k: f[k] for k in f.files if k != 'meta.json'})
+    meta, arrays = _read_checkpoint(path)
+    saved, current = meta.get('architecture'), _model_fields(model)
+    if saved is not None and current is not None and _with_defaults(saved, model) != current:
+        raise ValueError(f"{path} was written for another configuration: "
+                         f"{_differences(_with_defaults(saved, model), current)}")
+    try:
+        state = _unpack(meta['state'], arrays)
+        state['model'], state['rng'], state['extra']
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable tinytorch checkpoint: its contents are incomplete "
+                              f"({type(e).__name__}: {e})") from None
     try:
         model.load_state_dict(state['model'])
     except (RuntimeError, KeyError) as e:
@@ -343,6 +383,14 @@ def _lr(optimizer) -> float:
     return float(optimizer.param_groups[0]['lr'])
 
 
+def _check_finite(model, epoch: int, path):
+    "A FloatingPointError naming the first parameter that is not finite, before its checkpoint could replace a good one."
+    for name, p in model.named_parameters():
+        if not np.isfinite(p.data).all():
+            raise FloatingPointError(f"epoch {epoch}: parameter {name} is not finite; the checkpoint {path} was not "
+                                     f"overwritten and keeps the last good epoch")
+
+
 def fit(model, train_loader, val_loader=None, *, optimizer, epochs: int, scheduler=None,
         scheduler_interval: str = 'epoch', early_stopping=None, clip_grad_norm: float = None, checkpoint=None,
         resume: bool = False, progress: bool = True, callback=None) -> History:
@@ -358,6 +406,9 @@ def fit(model, train_loader, val_loader=None, *, optimizer, epochs: int, schedul
             early_stopping.load_state_dict(extra['early_stopping'])
             early_stopping.best_state = extra['best_state']
     steps = len(train_loader)
+    if steps == 0:
+        raise ValueError("train_loader gives no batches: is the training set empty, or smaller than one batch "
+                         "with drop_last=True?")
     bar = tqdm(total=(epochs - start) * steps, disable=not progress, unit='step', dynamic_ncols=True)
     try:
         for epoch in range(start, epochs):
@@ -365,12 +416,18 @@ def fit(model, train_loader, val_loader=None, *, optimizer, epochs: int, schedul
             model.train()
             t0, losses = time.perf_counter(), []
             lr = _lr(optimizer)
-            for src, tgt in train_loader:
-                losses.append(train_step(model, optimizer, src, tgt, clip_grad_norm))
+            for step, (src, tgt) in enumerate(train_loader, 1):
+                try:
+                    losses.append(train_step(model, optimizer, src, tgt, clip_grad_norm))
+                except FloatingPointError as e:
+                    raise FloatingPointError(f"training stopped at epoch {epoch + 1}, step {step} of {steps}: {e}"
+                                             ) from None
                 if scheduler is not None and scheduler_interval == 'step':
                     scheduler.step()
                 bar.update()
                 bar.set_postfix_str(_postfix(np.mean(losses[-20:]), history), refresh=False)
+            if not losses:
+                raise ValueError(f"train_loader gave no batches in epoch {epoch + 1}")
             history.append(epoch=epoch + 1, train_loss=float(np.mean(losses)), lr=lr)
             history.setdefault('step_loss', []).extend(losses)
             if val_loader is not None:
@@ -385,6 +442,7 @@ def fit(model, train_loader, val_loader=None, *, optimizer, epochs: int, schedul
                 history['val_loss'][-1] if val_loader is not None else history['train_loss'][-1], model)
             stop = bool(callback is not None and callback(epoch + 1, history)) or stop
             if checkpoint is not None:
+                _check_finite(model, epoch + 1, checkpoint)
                 save_checkpoint(checkpoint, model, optimizer, scheduler, epoch=epoch + 1, history=dict(history),
                                 loader=train_loader.state_dict(), stopped=stop,
                                 early_stopping=early_stopping.state_dict() if early_stopping is not None else None,

@@ -8,7 +8,7 @@ Docs: https://tinytorch.github.io/tinytorch/transformer.html.md"""
 __all__ = ['PRESETS', 'TransformerConfig', 'config_problems', 'parameter_counts', 'memory_estimate', 'FeedForwardFunction',
            'feed_forward', 'TransformerEncoderLayer', 'TransformerDecoderLayer', 'TransformerEncoder',
            'TransformerDecoder', 'Transformer', 'Seq2SeqTransformer', 'greedy_decode', 'attention_maps', 'GPTBlock',
-           'KVCache', 'cached_self_attention', 'GPT', 'sample_next', 'generate']
+           'KVCache', 'cached_self_attention', 'GPT', 'sample_next', 'generate', 'load_gpt2']
 
 # %% ../nbs/07_transformer.ipynb #089d7267
 import copy
@@ -26,9 +26,11 @@ from .positional import LearnedPositionalEmbedding, PositionalEncoding, add_posi
 from .attention import MultiheadAttention, causal_mask, scaled_dot_product_attention
 
 # %% ../nbs/07_transformer.ipynb #42a0add5
-_CHOICES = dict(activation=('relu', 'gelu'), positional=('sinusoidal', 'learned'))
+_CHOICES = dict(activation=('relu', 'gelu', 'gelu_tanh'), positional=('sinusoidal', 'learned'))
 _POSITIVE = ('vocab_size', 'seq_len', 'd_model', 'nhead', 'dim_feedforward', 'batch_size', 'num_epochs')
 _RUN_FIELDS = ('dropout', 'batch_size', 'num_epochs', 'learning_rate')   # a training run's, not the model's
+_REALS = ('dropout', 'learning_rate', 'layer_norm_eps')
+_FLAGS = ('norm_first', 'tie_weights', 'share_embeddings')
 
 
 def _is_int(v) -> bool:
@@ -49,10 +51,11 @@ class TransformerConfig:
     batch_size: int = 64            # sequences per optimisation step
     num_epochs: int = 50            # passes over the training set
     learning_rate: float = 1e-4     # Adam's step size
-    activation: str = 'relu'        # 'relu' (the paper) or 'gelu' (BERT, GPT)
+    activation: str = 'relu'        # 'relu' (the paper), 'gelu' (BERT) or 'gelu_tanh' (GPT-2's approximation)
     norm_first: bool = False        # pre-norm (GPT-2) instead of post-norm (the paper, PyTorch's default)
     positional: str = 'sinusoidal'  # 'sinusoidal' (the paper) or 'learned' (BERT, GPT)
     tie_weights: bool = False       # decoder-only: the output projection shares the token embedding's weight
+    share_embeddings: bool = False  # encoder-decoder: one matrix for both embeddings and the output projection
     layer_norm_eps: float = 1e-5    # added to the variance inside every LayerNorm
     padding_idx: int = 0            # the token id that pads short sequences
 
@@ -114,6 +117,13 @@ def config_problems(config) -> list:
         v, least = getattr(config, name), 1 if name in _POSITIVE else 0
         if not _is_int(v) or v < least:
             out.append(f"{name} must be an integer >= {least}, got {v!r}")
+    for name in _REALS:
+        v = getattr(config, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+            out.append(f"{name} must be a finite number, got {v!r} ({type(v).__name__})")
+    for name in _FLAGS:
+        if not isinstance(getattr(config, name), (bool, np.bool_)):
+            out.append(f"{name} must be True or False, got {getattr(config, name)!r}")
     if out:
         return out
     d, h = config.d_model, config.nhead
@@ -139,7 +149,12 @@ def config_problems(config) -> list:
             out.append(f"{name} must be one of {choices}, got {getattr(config, name)!r}")
     if config.tie_weights and config.num_encoder_layers:
         out.append("tie_weights shares the token embedding with the output projection of a decoder-only model "
-                   "(GPT): set num_encoder_layers=0, or tie_weights=False")
+                   "(GPT): set num_encoder_layers=0, or tie_weights=False (an encoder-decoder shares its "
+                   "embeddings and output projection with share_embeddings=True)")
+    if config.share_embeddings and config.architecture != 'encoder-decoder':
+        out.append(f"share_embeddings makes the source embedding, the target embedding and the output projection "
+                   f"one matrix, which needs an encoder-decoder, got a {config.architecture} model (a "
+                   f"decoder-only model ties its one embedding with tie_weights=True)")
     return out
 
 # %% ../nbs/07_transformer.ipynb #417e12cf
@@ -151,7 +166,7 @@ PRESETS = {
                       num_decoder_layers=0, dim_feedforward=3072, batch_size=32, activation='gelu',
                       positional='learned'),
     'gpt2-small': dict(vocab_size=50257, seq_len=1024, d_model=768, nhead=12, num_encoder_layers=0,
-                       num_decoder_layers=12, dim_feedforward=3072, activation='gelu', norm_first=True,
+                       num_decoder_layers=12, dim_feedforward=3072, activation='gelu_tanh', norm_first=True,
                        positional='learned', tie_weights=True),
 }
 
@@ -166,9 +181,10 @@ def parameter_counts(config) -> dict:
     encoder_layer = attention + feed_forward + 2 * norm
     if config.architecture == 'encoder-decoder':
         decoder_layer = 2 * attention + feed_forward + 3 * norm
-        return dict(embeddings=2 * V * d, positions=learned * (T + 1) * d,
+        shared = config.share_embeddings
+        return dict(embeddings=(1 if shared else 2) * V * d, positions=learned * (T + 1) * d,
                     encoder=config.num_encoder_layers * encoder_layer + norm,
-                    decoder=config.num_decoder_layers * decoder_layer + norm, output=d * V + V)
+                    decoder=config.num_decoder_layers * decoder_layer + norm, output=0 if shared else d * V + V)
     final = norm if config.norm_first else 0
     counts = dict(embeddings=V * d, positions=learned * T * d, encoder=0, decoder=0, output=0)
     if config.architecture == 'decoder-only':
@@ -252,16 +268,40 @@ class FeedForwardFunction(Function):
         return gx, gw1, gb1, gw2, gb2
 
 # %% ../nbs/07_transformer.ipynb #0a8c2953
-def feed_forward(x, w1, b1, w2, b2, activation: str = 'relu', p: float = 0.0, training: bool = True,
+def _check_activation(activation):
+    "An activation is one of the names in _CHOICES or, as in PyTorch, a callable from Tensor to Tensor."
+    if not (callable(activation) or (isinstance(activation, str) and activation in _CHOICES['activation'])):
+        raise ValueError(f"activation must be one of {_CHOICES['activation']} or a callable, got {activation!r}")
+
+
+def _features(x, name: str, d_model: int) -> Tensor:
+    "A layer's input as a floating Tensor whose last dimension is d_model; anything else is an error naming it."
+    if not isinstance(x, Tensor):
+        array = np.asarray(x)
+        if array.dtype.kind not in 'fiub':
+            raise TypeError(f"{name} must be a Tensor or an array of numbers, got {type(x).__name__}")
+        x = Tensor(array) if array.dtype.kind == 'f' else Tensor(array, dtype=array.dtype)   # floats: float32
+    if x.dtype.kind != 'f':
+        raise TypeError(f"{name} must hold floating-point features, got dtype {x.dtype} (token ids go through an "
+                        f"Embedding first)")
+    if x.ndim not in (2, 3) or x.shape[-1] != d_model:
+        raise ValueError(f"{name} must have shape (..., d_model={d_model}) with 2 or 3 dimensions, got {x.shape}")
+    return x
+
+
+def feed_forward(x, w1, b1, w2, b2, activation='relu', p: float = 0.0, training: bool = True,
                  generator=None) -> Tensor:
     "The position-wise feed-forward network on PyTorch's `linear1`/`linear2` weights; one fused node for ReLU."
-    if activation not in _CHOICES['activation']:
-        raise ValueError(f"activation must be one of {_CHOICES['activation']}, got {activation!r}")
+    _check_activation(activation)
     p = float(p) if training else 0.0
-    if activation == 'relu':
+    if activation == 'relu' or activation is relu:
         generator = default_generator() if generator is None else generator
         return FeedForwardFunction.apply(x, w1, b1, w2, b2, p=p, generator=generator)
-    hidden = dropout(gelu(linear(x, w1, b1)), p, training, generator)
+    if activation in ('gelu', 'gelu_tanh'):          # 'gelu_tanh': PyTorch's approximate='tanh', GPT-2's gelu_new
+        act = lambda h: gelu(h, approximate='tanh' if activation == 'gelu_tanh' else 'none')
+    else:
+        act = activation
+    hidden = dropout(act(linear(x, w1, b1)), p, training, generator)
     return linear(hidden, w2, b2)
 
 # %% ../nbs/07_transformer.ipynb #783605d7
@@ -269,11 +309,10 @@ class TransformerEncoderLayer(Module):
     "Self-attention and a feed-forward network, each with a residual connection and LayerNorm, as in PyTorch."
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 activation: str = 'relu', layer_norm_eps: float = 1e-5, batch_first: bool = False,
+                 activation='relu', layer_norm_eps: float = 1e-5, batch_first: bool = False,
                  norm_first: bool = False, bias: bool = True):
         super().__init__()
-        if activation not in _CHOICES['activation']:
-            raise ValueError(f"activation must be one of {_CHOICES['activation']}, got {activation!r}")
+        _check_activation(activation)    # 'relu', 'gelu', 'gelu_tanh' (not a PyTorch name) or a callable
         self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first)
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias)
         self.dropout = Dropout(dropout)
@@ -285,7 +324,7 @@ class TransformerEncoderLayer(Module):
         self.norm_first, self.activation, self.batch_first = norm_first, activation, batch_first
 
     def forward(self, src, src_mask=None, src_key_padding_mask=None, is_causal: bool = False):
-        x = src
+        x = _features(src, 'src', self.self_attn.embed_dim)     # a Tensor or an array, as MultiheadAttention takes
         if self.norm_first:
             x = x + self._sa_block(self.norm1(x), src_mask, src_key_padding_mask, is_causal)
             x = x + self._ff_block(self.norm2(x))
@@ -309,11 +348,10 @@ class TransformerDecoderLayer(Module):
     "Causal self-attention, cross-attention over the memory and a feed-forward network, as in PyTorch."
 
     def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 activation: str = 'relu', layer_norm_eps: float = 1e-5, batch_first: bool = False,
+                 activation='relu', layer_norm_eps: float = 1e-5, batch_first: bool = False,
                  norm_first: bool = False, bias: bool = True):
         super().__init__()
-        if activation not in _CHOICES['activation']:
-            raise ValueError(f"activation must be one of {_CHOICES['activation']}, got {activation!r}")
+        _check_activation(activation)    # 'relu', 'gelu', 'gelu_tanh' (not a PyTorch name) or a callable
         self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first)
         self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout, bias=bias, batch_first=batch_first)
         self.linear1 = Linear(d_model, dim_feedforward, bias=bias)
@@ -329,7 +367,8 @@ class TransformerDecoderLayer(Module):
 
     def forward(self, tgt, memory, tgt_mask=None, memory_mask=None, tgt_key_padding_mask=None,
                 memory_key_padding_mask=None, tgt_is_causal: bool = False, memory_is_causal: bool = False):
-        x = tgt
+        x, d = _features(tgt, 'tgt', self.self_attn.embed_dim), self.self_attn.embed_dim
+        memory = _features(memory, 'memory', d)
         if self.norm_first:
             x = x + self._sa_block(self.norm1(x), tgt_mask, tgt_key_padding_mask, tgt_is_causal)
             x = x + self._mha_block(self.norm2(x), memory, memory_mask, memory_key_padding_mask, memory_is_causal)
@@ -393,7 +432,7 @@ class Transformer(Module):
     "The encoder-decoder transformer of Vaswani et al. (2017), with `torch.nn.Transformer`'s arguments and names."
 
     def __init__(self, d_model: int = 512, nhead: int = 8, num_encoder_layers: int = 6, num_decoder_layers: int = 6,
-                 dim_feedforward: int = 2048, dropout: float = 0.1, activation: str = 'relu',
+                 dim_feedforward: int = 2048, dropout: float = 0.1, activation='relu',
                  custom_encoder=None, custom_decoder=None, layer_norm_eps: float = 1e-5,
                  batch_first: bool = False, norm_first: bool = False, bias: bool = True):
         super().__init__()
@@ -444,14 +483,17 @@ class Seq2SeqTransformer(Module):
                              f"(use GPT for a decoder-only model)")
         d, V = config.d_model, config.vocab_size
         self.config, self.max_len, self.scale = config, config.seq_len + 1, math.sqrt(d)
+        shared = config.share_embeddings            # Vaswani et al. 3.4: one matrix for all three
         self.src_tok_emb = _token_embedding(V, d, config.padding_idx)
-        self.tgt_tok_emb = _token_embedding(V, d, config.padding_idx)
+        self.tgt_tok_emb = self.src_tok_emb if shared else _token_embedding(V, d, config.padding_idx)
         self.positional_encoding = _positions(config, self.max_len)
         self.transformer = Transformer(d, config.nhead, config.num_encoder_layers, config.num_decoder_layers,
                                        config.dim_feedforward, config.dropout, config.activation,
                                        layer_norm_eps=config.layer_norm_eps, batch_first=True,
                                        norm_first=config.norm_first)
-        self.generator = Linear(d, V)
+        self.generator = Linear(d, V, bias=not shared)
+        if shared:
+            self.generator.weight = self.src_tok_emb.weight
 
     def forward(self, src, tgt):
         "Logits (B, T_tgt, vocab_size) for every target position, given the source and the previous target tokens."
@@ -516,6 +558,12 @@ def _positions(config: TransformerConfig, max_len: int):
 def greedy_decode(model: Seq2SeqTransformer, src, bos: int, eos: int, max_len: int = None) -> np.ndarray:
     "Target tokens (B, <= max_len) generated one at a time, each the most likely; PAD after a row's EOS."
     src = model._tokens(src, 'src')
+    V = model.config.vocab_size
+    for name, token in (('bos', bos), ('eos', eos)):
+        if not (_is_int(token) and 0 <= token < V):
+            raise ValueError(f"{name} must be a token id in [0, vocab_size={V}), got {token!r}")
+    if max_len is not None and not (_is_int(max_len) and max_len >= 0):
+        raise ValueError(f"max_len must be None or an integer >= 0, got {max_len!r}")
     max_len = model.max_len if max_len is None else min(max_len, model.max_len)
     pad, was_training = model.config.padding_idx, model.training
     model.eval()
@@ -597,7 +645,7 @@ def cached_self_attention(attn: MultiheadAttention, x, cache: KVCache, layer: in
     cache.keys[layer, :, :, P:P + t], cache.values[layer, :, :, P:P + t] = k, v
     keys, values = cache.keys[layer, :, :, :P + t], cache.values[layer, :, :, :P + t]
     mask = np.triu(np.ones((t, P + t), dtype=bool), k=P + 1)
-    out, _ = scaled_dot_product_attention(Tensor(q), Tensor(keys), Tensor(values), attn_mask=mask, need_weights=False)
+    out = scaled_dot_product_attention(Tensor(q), Tensor(keys), Tensor(values), attn_mask=mask)
     out = out.data.transpose(0, 2, 1, 3).reshape(B, t, d)                    # (B, t, d)
     return attn.out_proj(Tensor(out))
 
@@ -671,11 +719,28 @@ class GPT(Module):
         return generate(self, idx, max_new_tokens, temperature, top_k, generator, use_cache)
 
 # %% ../nbs/07_transformer.ipynb #3a4e60c7
+def _check_sampling(logits: np.ndarray, temperature, top_k, generator):
+    "Errors naming the argument when sampling settings or logits are unusable (NaN logits would pick token 0)."
+    if logits.ndim != 2 or not np.issubdtype(logits.dtype, np.floating):
+        raise ValueError(f"logits must be a floating (batch, vocab_size) array, got {logits.dtype} {logits.shape}")
+    V = logits.shape[-1]
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)) \
+            or not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature must be a finite number >= 0 (0: always the most likely), got {temperature!r}")
+    if top_k is not None and not (_is_int(top_k) and 1 <= top_k <= V):
+        raise ValueError(f"top_k must be None or an integer in 1..{V} (the vocabulary), got {top_k!r}")
+    if generator is not None and not isinstance(generator, np.random.Generator):
+        raise TypeError(f"generator must be a numpy.random.Generator (np.random.default_rng(seed)), got "
+                        f"{type(generator).__name__}")
+    if np.isnan(logits).any():
+        raise ValueError(f"logits contain NaN in row {int(np.isnan(logits).any(axis=-1).argmax())}: the model's "
+                         f"output is broken (are its weights finite?)")
+
+
 def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: int = None, generator=None) -> np.ndarray:
     "One token id per row of `logits` (B, V), drawn from softmax(logits / temperature) over the top_k tokens."
     logits = np.asarray(logits.data if isinstance(logits, Tensor) else logits)
-    if temperature < 0 or (top_k is not None and not 1 <= top_k <= logits.shape[-1]):
-        raise ValueError(f"need temperature >= 0 and 1 <= top_k <= {logits.shape[-1]}, got {temperature}, {top_k}")
+    _check_sampling(logits, temperature, top_k, generator)
     if temperature == 0:
         return logits.argmax(axis=-1)
     generator = default_generator() if generator is None else generator
@@ -692,7 +757,14 @@ def sample_next(logits: np.ndarray, temperature: float = 1.0, top_k: int = None,
 def generate(model: GPT, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int = None, generator=None,
              use_cache: bool = True) -> np.ndarray:
     "`idx` (B, T) followed by `max_new_tokens` tokens sampled one at a time; with a key/value cache by default."
-    idx = np.asarray(idx, dtype=np.int64)
+    idx = np.asarray(idx.data if isinstance(idx, Tensor) else idx)
+    if idx.ndim != 2 or idx.shape[1] == 0 or not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(f"the prompt idx must be a (batch, length >= 1) array of integer token ids, got "
+                        f"{idx.dtype} of shape {idx.shape}")
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    _check_sampling(np.zeros((1, model.config.vocab_size), np.float32), temperature, top_k, generator)
+    idx = idx.astype(np.int64)
     window = model.config.seq_len
     if use_cache and idx.shape[1] + max_new_tokens > window:
         raise ValueError(f"{idx.shape[1]} prompt tokens + {max_new_tokens} new ones exceed the context window "
@@ -713,3 +785,64 @@ def generate(model: GPT, idx, max_new_tokens: int, temperature: float = 1.0, top
     finally:
         model.train(was_training)
     return idx
+
+# %% ../nbs/07_transformer.ipynb #b3f0d2e1
+_HF_ACTIVATIONS = {'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'gelu': 'gelu', 'relu': 'relu'}
+
+
+def _gpt2_state(arrays: dict, num_layers: int) -> dict:
+    "Hugging Face GPT-2 arrays (prefix 'transformer.' optional) renamed and transposed to `GPT.state_dict()` form."
+    a = {k.removeprefix('transformer.'): np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+    state = {'tok_emb.weight': a['wte.weight'], 'pos_emb.weight': a['wpe.weight'],
+             'ln_f.weight': a['ln_f.weight'], 'ln_f.bias': a['ln_f.bias'], 'lm_head.weight': a['wte.weight']}
+    for i in range(num_layers):
+        h, b = f'h.{i}.', f'blocks.{i}.'
+        for ours, theirs in (('self_attn.in_proj', 'attn.c_attn'), ('self_attn.out_proj.', 'attn.c_proj'),
+                             ('linear1.', 'mlp.c_fc'), ('linear2.', 'mlp.c_proj')):
+            sep = '_' if ours.endswith('in_proj') else ''
+            state[b + ours + sep + 'weight'] = a[h + theirs + '.weight'].T        # Conv1D (in, out) -> (out, in)
+            state[b + ours + sep + 'bias'] = a[h + theirs + '.bias']
+        for n, ln in (('norm1', 'ln_1'), ('norm2', 'ln_2')):
+            state[f'{b}{n}.weight'], state[f'{b}{n}.bias'] = a[h + ln + '.weight'], a[h + ln + '.bias']
+    return state
+
+# %% ../nbs/07_transformer.ipynb #c4a1e3f2
+def load_gpt2(source, nhead: int = None, activation: str = None) -> GPT:
+    "A GPT with a Hugging Face GPT-2 checkpoint's weights: a directory (config.json + model.safetensors) or a dict of arrays."
+    hf = {}
+    if isinstance(source, dict):
+        arrays = source
+    else:
+        from pathlib import Path
+        path = Path(source)
+        if not (path / 'config.json').is_file() or not (path / 'model.safetensors').is_file():
+            raise FileNotFoundError(f"{path} is not a GPT-2 checkpoint directory: it needs config.json and "
+                                    f"model.safetensors (see the docs of load_gpt2 for how to get them)")
+        hf = json.loads((path / 'config.json').read_text())
+        try:
+            from safetensors.numpy import load_file
+        except ImportError:
+            raise ImportError("reading model.safetensors needs the safetensors package: "
+                              "pip install 'tinytorch[gpt2]'") from None
+        arrays = load_file(path / 'model.safetensors')
+    keys = {k.removeprefix('transformer.') for k in arrays}
+    if 'wte.weight' not in keys or 'wpe.weight' not in keys:
+        raise KeyError(f"not a GPT-2 state: no wte.weight / wpe.weight among {sorted(keys)[:6]}...")
+    get = lambda k: np.asarray(arrays[k if k in arrays else 'transformer.' + k])
+    wte, wpe = get('wte.weight'), get('wpe.weight')
+    d, L = wte.shape[1], len({k.split('.')[1] for k in keys if k.startswith('h.')})
+    f = get('h.0.mlp.c_fc.weight').shape[1] if L else 4 * d          # Conv1D: (d_model, dim_feedforward)
+    hf_activation = hf.get('activation_function', 'gelu_new')      # GPT-2's: GELU, tanh approximation
+    if activation is None and hf_activation not in _HF_ACTIVATIONS:
+        raise ValueError(f"activation_function {hf_activation!r} has no counterpart here; known: "
+                         f"{list(_HF_ACTIVATIONS)}")
+    activation = _HF_ACTIVATIONS[hf_activation] if activation is None else activation
+    config = TransformerConfig(vocab_size=wte.shape[0], seq_len=wpe.shape[0], d_model=d,
+                               nhead=hf.get('n_head', nhead or d // 64),     # GPT-2 sizes all have 64-dim heads
+                               num_encoder_layers=0, num_decoder_layers=L,
+                               dim_feedforward=f, dropout=0.0,
+                               activation=activation, norm_first=True, positional='learned',
+                               tie_weights=True, layer_norm_eps=hf.get('layer_norm_epsilon', 1e-5))
+    model = GPT(config)
+    model.load_state_dict(_gpt2_state(arrays, L))
+    return model.eval()

@@ -1,0 +1,238 @@
+"""The grading sandbox: every grading kernel runs inside bubblewrap (`bwrap`), seeing nothing but the Python
+environment and a private scratch copy of its own submission folder.
+
+What the kernel sees (everything else is simply not mounted):
+
+- read-only: the system directories (`/usr`, `/etc`, `/bin`, `/lib*`, `/sbin`), the Python installation
+  (`sys.base_prefix`, e.g. pyenv's under the home directory), the course repository's venv (`sys.prefix`), and
+  the folders of the `tinytorch` and `coursetools` packages (an editable install points into the repository:
+  those two folders are mounted, not the repository, so `nbs/`, `tests/` and the rest of the home are absent);
+- read-write: a scratch copy of the grading folder (its working directory, discarded afterwards), a small
+  private `/tmp` (tmpfs), and the folder holding the kernel's ZeroMQ sockets;
+- `/proc`, a minimal `/dev`; new PID, IPC, UTS, cgroup and network namespaces (no network at all, not even the
+  host's loopback).
+
+The course directory (`source/`, `release/`, `gradebook.db`, other students' folders, the config), the
+repository and the instructor's home are not in the sandbox, so a submission can neither read the hidden tests
+from them nor write to them.
+
+**How the grader talks to the kernel.** Jupyter's default transport is TCP on 127.0.0.1, but the sandbox has its
+own empty network namespace, so the grader could not reach those ports (and sharing the host's network would
+let a submission connect to any local service). The kernel uses ZeroMQ's `ipc` transport instead: Unix sockets
+in a private socket folder that is bind-mounted into the sandbox at the same path; the grader connects to the
+same files from outside. The connection file lives there too.
+
+**Limits.** Memory: RLIMIT_AS (virtual memory; a 20 GB allocation fails with MemoryError, the notebook goes on).
+Processes: RLIMIT_NPROC. Linux does not enforce RLIMIT_NPROC for root, and counts it per real user: so when
+the grader runs as root, bwrap runs without a user namespace, keeps only CAP_SETUID/CAP_SETGID, and the kernel
+drops to an unused unprivileged uid of its own (`setpriv`), whose process count is the sandbox's alone; when
+the grader runs as a normal user, the kernel keeps that user's uid and the limit is set to the user's current
+number of processes plus `max_processes` (the instructor's other processes share that count). Files: RLIMIT_FSIZE
+per file, and a size-limited /tmp. Time: the per-cell and per-notebook timeouts of `GradingExecute`; the
+sandbox dies with the grader (`--die-with-parent`).
+
+`UNSAFE_NO_SANDBOX=1` in the environment grades without the sandbox (every submission is then flagged).
+
+`coursetools.autograding.GradingExecute` uses this module for every kernel, so any process that runs nbgrader's
+autograde with the course's config (the local process pool, a Dask worker) grades in the sandbox; call
+`check()` (or `coursetools.course.preflight`) once before grading, on each machine that grades.
+"""
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from jupyter_client.manager import AsyncKernelManager
+
+OPT_OUT = 'UNSAFE_NO_SANDBOX'
+INSTALL = 'install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`)'
+UNSAFE_FLAG = 'graded without a sandbox (UNSAFE_NO_SANDBOX=1): the submission ran with the grader\'s rights'
+UID_BASE = 2_000_000_000      # root: each kernel runs as an unused uid of its own (no passwd entry needed)
+
+
+class SandboxUnavailable(RuntimeError):
+    "bwrap is missing or cannot start a sandbox here (and the instructor did not opt out)."
+
+
+def disabled() -> bool:
+    "True when the instructor opted out of the sandbox (UNSAFE_NO_SANDBOX=1)."
+    return os.environ.get(OPT_OUT, '').strip() not in ('', '0')
+
+
+def bwrap() -> str:
+    "The bwrap executable, or '' when it is not installed."
+    return shutil.which('bwrap') or ''
+
+
+def _package_dir(name: str):
+    spec = importlib.util.find_spec(name)
+    return Path(spec.origin).resolve().parent if spec and spec.origin else None
+
+
+def readable() -> list:
+    "The host paths a grading kernel reads: the system, the Python installation and venv, the two packages."
+    paths = [Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()]
+    paths += [p for p in (_package_dir('tinytorch'), _package_dir('coursetools')) if p]
+    exe = Path(sys.executable).resolve().parent
+    if not any(exe == p or p in exe.parents for p in paths):
+        paths.append(exe)
+    return list(dict.fromkeys(paths))
+
+
+def _user_processes(uid: int) -> int:
+    "Tasks (processes and threads: what RLIMIT_NPROC counts) of the user `uid` now."
+    n = 0
+    for d in Path('/proc').iterdir():
+        try:
+            if d.name.isdigit() and d.stat().st_uid == uid:
+                n += len(os.listdir(d / 'task'))
+        except OSError:
+            pass
+    return n
+
+
+class Sandbox:
+    """The bwrap command around one grading kernel. `workdir`: the scratch folder (writable, the working
+    directory); `ipcdir`: the folder of the ZeroMQ sockets and the connection file (writable)."""
+
+    def __init__(self, memory_gb: float = 4, max_processes: int = 64, max_file_mb: int = 1024, tmp_mb: int = 512):
+        self.memory_gb, self.max_processes, self.max_file_mb, self.tmp_mb = memory_gb, max_processes, max_file_mb, tmp_mb
+        self.root = os.geteuid() == 0
+        self.uid = UID_BASE + os.getpid() % 1_000_000 if self.root else os.geteuid()
+
+    def limits(self) -> list:
+        nproc = self.max_processes if self.root else _user_processes(os.geteuid()) + self.max_processes
+        return ['prlimit', f'--as={int(self.memory_gb * 2**30)}', f'--nproc={nproc}',
+                f'--fsize={self.max_file_mb * 2**20}', '--core=0', '--']
+
+    def command(self, cmd: list, workdir, ipcdir, home=None) -> list:
+        """`cmd` (the kernel's command) wrapped in bwrap, the uid change (as root) and the limits; `home`: a
+        writable folder for the kernel's caches (HOME, else the private /tmp)."""
+        args = [bwrap(), '--die-with-parent', '--tmpfs', '/']
+        for top in ('usr', 'etc', 'bin', 'sbin', 'lib', 'lib32', 'lib64', 'libx32'):
+            p = Path('/', top)
+            if p.is_symlink():
+                args += ['--symlink', os.readlink(p), str(p)]
+            elif p.is_dir():
+                args += ['--ro-bind', str(p), str(p)]
+        args += ['--proc', '/proc', '--dev', '/dev', '--perms', '1777', '--size', str(self.tmp_mb * 2**20),
+                 '--tmpfs', '/tmp']
+        writable = [Path(workdir), Path(ipcdir)] + ([Path(home)] if home else [])
+        binds = readable() + writable
+        parents = sorted({a for p in binds for a in p.parents if a not in (Path('/'), Path('/tmp'))},
+                         key=lambda a: len(a.parts))
+        for a in parents:             # bwrap would create them 0700: the kernel's uid could not walk through
+            args += ['--perms', '0755', '--dir', str(a)]
+        for p in readable():
+            args += ['--ro-bind', str(p), str(p)]
+        for p in writable:
+            args += ['--bind', str(p), str(p)]
+        home = str(home or '/tmp')
+        args += ['--chdir', str(workdir), '--setenv', 'TMPDIR', '/tmp',
+                 '--unsetenv', 'JPY_PARENT_PID']     # ipykernel would poll a parent pid that the PID namespace hides
+        args += [a for k, v in home_env(home).items() for a in ('--setenv', k, v)]
+        if self.root:         # no user namespace: the uid change below must be a real one (RLIMIT_NPROC)
+            args += ['--unshare-ipc', '--unshare-pid', '--unshare-net', '--unshare-uts', '--unshare-cgroup',
+                     '--cap-drop', 'ALL', '--cap-add', 'CAP_SETUID', '--cap-add', 'CAP_SETGID', '--',
+                     'setpriv', f'--reuid={self.uid}', f'--regid={self.uid}', '--clear-groups',
+                     '--inh-caps=-all', '--bounding-set=-all']
+        else:                 # a user namespace (bwrap's default when unprivileged): no capabilities at all
+            args += ['--unshare-all', '--']
+        return args + self.limits() + list(cmd)
+
+    def prepare(self, *paths):
+        "Give the sandbox's uid its writable folders (as root; a normal user owns them already)."
+        if not self.root:
+            return
+        for top in paths:
+            os.chown(top, self.uid, self.uid)
+            os.chmod(top, 0o755)       # bwrap enters the working directory as root without CAP_DAC_OVERRIDE
+            for dirpath, dirnames, filenames in os.walk(top):
+                for n in dirnames + filenames:
+                    os.chown(os.path.join(dirpath, n), self.uid, self.uid, follow_symlinks=False)
+
+
+def home_env(home) -> dict:
+    "A grading kernel's home (caches, IPython's history): the same in and out of the sandbox."
+    return {'HOME': str(home), 'MPLCONFIGDIR': os.path.join(home, 'mpl'), 'IPYTHONDIR': os.path.join(home, 'ipython')}
+
+
+def seed_home(home):
+    """Copy the grader's matplotlib font list into a kernel's fresh home, so that it is not rebuilt (a scan of
+    every font) for each submission."""
+    import matplotlib
+    cache = Path(matplotlib.get_cachedir())
+    found = sorted(cache.glob('fontlist-v*.json'))
+    if not found:
+        import matplotlib.font_manager  # noqa: F401  (builds the font list)
+        found = sorted(cache.glob('fontlist-v*.json'))
+    (Path(home) / 'mpl').mkdir(parents=True, exist_ok=True)
+    for f in found[-1:]:
+        shutil.copy(f, Path(home) / 'mpl' / f.name)
+
+
+def check(sandbox: Sandbox = None, timeout: float = 120) -> str:
+    """Why grading kernels cannot run in the sandbox on this machine ('' when they can): bwrap missing, or the
+    sandbox cannot start Python with the grading packages."""
+    if not bwrap():
+        return f'bwrap (bubblewrap) is not installed: {INSTALL}'
+    sandbox = sandbox or Sandbox()
+    with tempfile.TemporaryDirectory(prefix='tt-check-') as tmp:
+        work, ipc = Path(tmp, 'work'), Path(tmp, 'ipc')
+        work.mkdir(), ipc.mkdir()
+        sandbox.prepare(work, ipc)
+        code = 'import ipykernel, numpy, tinytorch, coursetools.guard; open("ok", "w").write("ok")'
+        try:
+            r = subprocess.run(sandbox.command([sys.executable, '-c', code], work, ipc), capture_output=True,
+                               text=True, stdin=subprocess.DEVNULL, timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f'bwrap could not start a sandbox ({e}); check that bubblewrap works here: {INSTALL}'
+        if r.returncode != 0 or not (work / 'ok').exists():
+            err = (r.stderr.strip().splitlines() or [f'exit status {r.returncode}'])[-1]
+            return f'bwrap could not start a sandbox ({err}); check that bubblewrap works here: {INSTALL}'
+    return ''
+
+
+def scratch():
+    """A private folder with `work/` (the kernel's copy of the grading folder), `ipc/` (its sockets) and `home/`
+    (its caches)."""
+    base = tempfile.gettempdir()
+    if len(base) > 40:                # Unix socket paths are limited to ~107 bytes
+        base = '/tmp'
+    top = Path(tempfile.mkdtemp(prefix='tt-', dir=base))
+    for sub in ('work', 'ipc', 'home'):
+        (top / sub).mkdir()
+    seed_home(top / 'home')
+    return top
+
+
+class SandboxedKernelManager(AsyncKernelManager):
+    """A kernel manager whose kernel runs in `sandbox` (set before starting), with ZeroMQ's ipc transport in
+    `ipcdir` (see the module's docstring for why), and `pass_fds` handed to the kernel (the audit channel)."""
+
+    def __init__(self, *args, sandbox: Sandbox = None, workdir=None, ipcdir=None, home=None, pass_fds=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sandbox, self.workdir, self.ipcdir, self.home = sandbox, workdir, ipcdir, home
+        self.pass_fds = tuple(pass_fds)
+        if sandbox is not None:
+            self.transport = 'ipc'
+            self.ip = str(Path(ipcdir) / 'k')
+            self.connection_file = str(Path(ipcdir) / 'kernel.json')
+
+    def format_kernel_cmd(self, extra_arguments=None):
+        cmd = super().format_kernel_cmd(extra_arguments)
+        if self.sandbox is None:
+            return cmd
+        self.sandbox.prepare(self.ipcdir)     # the connection file was written just before (0600, the grader's)
+        # Interrupt by a message on the control channel (ipykernel then signals itself): a SIGINT sent to the
+        # process group would hit bwrap, which dies and takes the sandbox with it.
+        self.kernel_spec.interrupt_mode = 'message'
+        return self.sandbox.command(cmd, self.workdir, self.ipcdir, self.home)
+
+    async def _async_launch_kernel(self, kernel_cmd, **kw):
+        if self.pass_fds:
+            kw['pass_fds'] = self.pass_fds
+        return await super()._async_launch_kernel(kernel_cmd, **kw)
