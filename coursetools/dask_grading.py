@@ -154,11 +154,11 @@ def where() -> str:
         return f'{socket.gethostname()}:{os.getpid()}'
 
 
-def warm_up(unsafe: bool = False) -> str:
+def warm_up(unsafe: bool = False, dask_worker=None) -> str:
     """Once per worker process, before its first submission: import nbgrader and the grading plug-ins, check that
     `tinytorch` is the reference package, never a student kit, and (unless `unsafe`: the coordinator's opt-out)
     that a grading kernel can run in the bubblewrap sandbox on this machine. Raises otherwise (the sandbox:
-    SandboxUnavailable, naming the worker). Returns the package's folder."""
+    SandboxUnavailable, naming the worker: `dask_worker`, which `Client.run` passes). Returns the package's folder."""
     if 'ref' not in _REFERENCE:
         import nbgrader.apps  # noqa: F401
         from . import autograding  # noqa: F401
@@ -169,9 +169,10 @@ def warm_up(unsafe: bool = False) -> str:
         if 'sandbox' not in _REFERENCE:         # checked once per process; a failure is checked again next time
             why = sandbox.check()
             if why:
+                name = dask_worker.address if dask_worker else where()
                 raise sandbox.SandboxUnavailable(
-                    f'the worker {where()} cannot grade in the sandbox: {why}. Not grading there (the coordinator '
-                    f'can set {sandbox.OPT_OUT}=1 to grade without it, every submission flagged)')
+                    f'the worker {name} cannot grade in the sandbox: {why}. Not grading there (the coordinator can '
+                    f'set {sandbox.OPT_OUT}=1 to grade without it, every submission flagged)')
             _REFERENCE['sandbox'] = True
     return _REFERENCE['ref']
 
