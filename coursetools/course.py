@@ -495,6 +495,8 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
                     if r.get('unsafe') and sandbox.UNSAFE_FLAG not in flags:
                         flags.append(sandbox.UNSAFE_FLAG)    # the worker said so, whatever its notebook says
                 else:
+                    if r.get('unsafe') and r.get('start'):   # it may have run some of the submission's code
+                        flags.append(sandbox.UNSAFE_FLAG)
                     last = (r['error'] or r['log']).strip().splitlines()[-1:] or ['']
                     flags.append(r.get('failure') or f'grading failed ({last[0][:120]})')
                     flags[-1] += f': scored 0, see reports/logs/{assignment}/{sid}.log'

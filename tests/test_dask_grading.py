@@ -72,7 +72,8 @@ def submissions(course_dir, cases, probe=None):
         nb = copy.deepcopy(solved)
         if sid == 'copier':
             nb = nbformat.read(course_dir / 'release' / A / f'{A}.ipynb', as_version=4)
-            _add_after(nb, 'test_00_01_unbroadcast', 'import inspect, tinytorch.nn\nprint(inspect.getsource(tinytorch.nn))')
+            _add_after(nb, 'test_00_01_unbroadcast',
+                       'import inspect, tinytorch.nn\nprint(inspect.getsource(tinytorch.nn))')
             if probe:
                 _add_after(nb, 'test_00_01_unbroadcast', PROBE.format(str(probe)))
         elif sid == 'cheat':
