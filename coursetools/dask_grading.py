@@ -16,6 +16,15 @@ OverwriteCells, SaveAutoGrades and AssignLatePenalties run unchanged on the work
 their results into the course's gradebook: the formgrader and `nbgrader generate_feedback` see what
 `nbgrader autograde` would have written.
 
+Every kernel runs in the bubblewrap sandbox (coursetools/sandbox.py: nbgrader's autograde on the worker goes
+through GradingExecute). Each worker checks once that it can (`warm_up`: the workers present at the start are
+checked before any task, and one that cannot stops the batch; a later one checks in its first task and refuses to
+grade). UNSAFE_NO_SANDBOX is read by the coordinator only and travels with the tasks (`common['unsafe']`, set as
+GradingExecute.no_sandbox on the worker): a worker's own environment cannot turn the sandbox off, nor on; each
+result says how it was graded, and the coordinator flags every submission graded without the sandbox. The
+solution and hidden-test lines of the whole course travel too (`common['secrets']`): the scrubbing of outputs
+on the worker is that of the course directory, though the worker holds only one assignment.
+
 A worker that dies in a task (killed, out of memory) gets the task retried by the scheduler on another worker
 `allowed-failures` times (1 for a local cluster; start a scheduler with DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=1),
 after which the submission is flagged "grading failed twice" and the batch goes on.
