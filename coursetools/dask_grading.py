@@ -26,7 +26,8 @@ solution and hidden-test lines of the whole course travel too (`common['secrets'
 on the worker is that of the course directory, though the worker holds only one assignment.
 
 A worker that dies in a task (killed, out of memory) gets the task retried by the scheduler on another worker
-`allowed-failures` times (1 for a local cluster; start a scheduler with DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=1),
+`allowed-failures` times (1 for a local cluster; start a scheduler with DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES=1,
+and DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION=1.0 so that only the task a worker runs counts its death),
 after which the submission is flagged "grading failed twice" and the batch goes on.
 """
 import atexit
@@ -44,6 +45,7 @@ import uuid
 from pathlib import Path
 
 RETRIES = 1                 # a task whose worker dies is run once more, elsewhere (scheduler allowed-failures)
+SATURATION = 1.0            # tasks a worker holds per thread (scheduler worker-saturation): only the one it runs
 
 
 # ---------------------------------------------------------------------------------------------- what a task carries
@@ -368,16 +370,20 @@ def run(common: dict, jobs: list, record, scheduler=None, workers=None, log=prin
     if scheduler:
         client = Client(scheduler, timeout='30s')
         allowed = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
+        saturation = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.WORKER_SATURATION)
     else:
         workers = workers or os.cpu_count() or 1
         # no statistical profiler in the workers: it samples the grading thread every 10 ms, for a dashboard
         # that is usually not there
+        # worker-saturation 1: a worker holds only the task it runs, so a worker that dies (a submission's fault)
+        # counts against that submission alone, never against one queued behind it
         with dask.config.set({'distributed.scheduler.allowed-failures': RETRIES,
+                              'distributed.scheduler.worker-saturation': SATURATION,
                               'distributed.worker.profile.enabled': False}):
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                    dashboard_address=':0', silence_logs=logging.ERROR)
         client = Client(cluster)
-        allowed = RETRIES
+        allowed, saturation = RETRIES, SATURATION
     bar = None
     guard = Recording().install()
     info = {'scheduler': client.scheduler.address, 'dashboard': dashboard(client),
@@ -389,6 +395,10 @@ def run(common: dict, jobs: list, record, scheduler=None, workers=None, log=prin
             log(f'note: this scheduler retries a task {allowed} times when its worker dies '
                 f'(distributed.scheduler.allowed-failures); the course expects {RETRIES}: start it with '
                 f'DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES={RETRIES}')
+        if saturation != SATURATION:
+            log(f'note: this scheduler queues {saturation} tasks per worker thread (distributed.scheduler.'
+                f'worker-saturation): a worker that dies counts against the submissions queued on it too; start it '
+                f'with DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION={SATURATION}')
         # the workers there now (later ones warm up in their first task): a worker without a usable sandbox
         # stops the batch before anything is graded, as `preflight` does here
         checked = client.run(warm_up, common['unsafe'], on_error='return')

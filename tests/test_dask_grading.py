@@ -90,10 +90,11 @@ def submissions(course_dir, cases, probe=None):
 @contextlib.contextmanager
 def dask_cluster(tmp, workers=2, worker_env=None):
     """`dask scheduler` and `workers` x `dask worker` (one thread each, with a nanny) on 127.0.0.1; the scheduler
-    retries a task once when its worker dies; `worker_env`: changes to the workers' environment. Yields (address,
+    retries a task once when its worker dies and gives a worker only the task it runs; `worker_env`: changes to the workers' environment. Yields (address,
     client); everything is killed at the end."""
     from distributed import Client
-    env = dict(os.environ, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES='1')
+    env = dict(os.environ, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES='1',
+               DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION='1.0')
     env.pop('UNSAFE_NO_SANDBOX', None)
     sched_file = tmp / 'scheduler.json'
     procs = []
