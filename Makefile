@@ -24,7 +24,7 @@ release: setup  ## the student kit -> _release/: notebooks, their tinytorch pack
 	$(BIN)/python -m coursetools release --out _release
 
 # Instructors: a term in a course directory outside the repository (COURSE=...), see README "For instructors".
-.PHONY: term collect grade formgrader grading-figures
+.PHONY: term collect grade formgrader grading-figures grading-dask-figures
 need-course = $(if $(COURSE),,$(error set COURSE=<course directory>, e.g. make $@ COURSE=~/tinytorch-course))
 term: setup  ## a course directory at COURSE: nbgrader config, gradebook, every module as an assignment, student kit
 	$(need-course)
@@ -34,11 +34,12 @@ collect: setup  ## submissions of assignment A (e.g. 00_tensor) from an LMS expo
 	$(need-course)
 	$(BIN)/python -m coursetools collect $(COURSE) $(A) $(FROM) $(if $(ID_REGEX),--id-regex '$(ID_REGEX)')
 
-# Every grading kernel runs in a bubblewrap sandbox: without bwrap, `grade` stops before grading (apt-get install
-# bubblewrap). UNSAFE_NO_SANDBOX=1 grades anyway, flagging every submission "graded without a sandbox".
-grade: setup  ## autograde assignment A on all cores (each kernel sandboxed), then feedback HTML and COURSE/grades.csv
+# Every grading kernel runs in a bubblewrap sandbox (on every Dask worker): without bwrap, `grade` stops before
+# grading (apt-get install bubblewrap). UNSAFE_NO_SANDBOX=1 grades anyway, flagging every submission "graded
+# without a sandbox" (the opt-out is read where `grade` runs and sent with every task).
+grade: setup  ## autograde assignment A on Dask (all cores, or SCHEDULER=tcp://host:8786; each kernel sandboxed), feedback HTML, COURSE/grades.csv
 	$(need-course)
-	$(BIN)/python -m coursetools autograde $(COURSE) $(A)
+	$(BIN)/python -m coursetools autograde $(COURSE) $(A) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(JOBS),--jobs $(JOBS)) $(if $(REGRADE),--regrade)
 	$(BIN)/python -m coursetools feedback $(COURSE) $(A)
 	$(BIN)/python -m coursetools grades $(COURSE)
 
@@ -49,6 +50,9 @@ formgrader: setup  ## JupyterLab in COURSE, with nbgrader's formgrader (Nbgrader
 grading-figures: setup  ## seconds per submission per module, the speed-up of 2 processes, the sandbox's cost (module 00)
 	$(BIN)/python -m coursetools grading-bench --students 4 --jobs 1 2
 	$(BIN)/python -m coursetools grading-bench --modules 00 --students 4 --jobs 1 --sandbox 5
+
+grading-dask-figures: setup  ## module 00 on 1 and 2 local Dask workers against the former process pool
+	$(BIN)/python -m coursetools grading-bench --modules 00 --students 8 --jobs 1 2 --engines pool dask --repeat 2 --out bench/grading_dask.json
 
 docs: setup  ## the student docs site -> _site/ (offline; executed notebooks cached in _docs_cache/; leak-checked)
 	$(BIN)/python -m coursetools docs --out _site

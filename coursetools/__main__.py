@@ -25,11 +25,16 @@ def main(argv=None):
     col.add_argument('assignment', help='e.g. 00_tensor')
     col.add_argument('folder', help='the export: one folder per student, holding the notebook (or a zip)')
     col.add_argument('--id-regex', help='regex whose first group is the student id in a folder name')
-    ag = sub.add_parser('autograde', help='autograde every submission of an assignment, in parallel')
+    ag = sub.add_parser('autograde', help='autograde every submission of an assignment, on Dask')
     ag.add_argument('course')
     ag.add_argument('assignment')
-    ag.add_argument('--jobs', type=int, help='processes (default: all cores; 0: this process)')
+    ag.add_argument('--scheduler', help='address of a running Dask scheduler, e.g. tcp://host:8786 (default: a '
+                    'local cluster)')
+    ag.add_argument('--jobs', type=int, help='local worker processes (default: all cores; 0: this process)')
     ag.add_argument('--student', action='append', help='only this student (repeatable)')
+    ag.add_argument('--regrade', action='store_true', help='grade again the submissions graded before (by '
+                    'default a run grades only what is new, changed, or left by an interrupted run)')
+    ag.add_argument('--no-progress', action='store_true', help='no progress bar')
     fb = sub.add_parser('feedback', help='HTML feedback per student')
     fb.add_argument('course')
     fb.add_argument('assignment')
@@ -41,6 +46,9 @@ def main(argv=None):
     bn.add_argument('--modules', nargs='*', help='e.g. 00 01 (default: all)')
     bn.add_argument('--students', type=int, default=4)
     bn.add_argument('--jobs', type=int, nargs='+', default=[1, 2])
+    bn.add_argument('--engines', nargs='+', default=['dask'], choices=['dask', 'pool'],
+                    help="'dask': autograde on a local Dask cluster; 'pool': the former process pool (baseline)")
+    bn.add_argument('--repeat', type=int, default=1, help='alternate the engines this many times, keep the fastest')
     bn.add_argument('--out', help='write the figures as JSON here')
     bn.add_argument('--sandbox', type=int, default=0, metavar='ROUNDS',
                     help='instead: the cost of the sandbox, ROUNDS alternating rounds with and without it')
@@ -77,18 +85,22 @@ def _course(args):
     elif args.command == 'autograde':
         from .sandbox import SandboxUnavailable
         try:
-            course.autograde(args.course, args.assignment, students=args.student, jobs=args.jobs)
+            course.autograde(args.course, args.assignment, students=args.student, jobs=args.jobs,
+                             scheduler=args.scheduler, regrade=args.regrade,
+                             progress=False if args.no_progress else None)
         except SandboxUnavailable as e:
             import sys
             print(e, file=sys.stderr)
             return 2
+        except KeyboardInterrupt:
+            return 130
     elif args.command == 'feedback':
         course.feedback(args.course, args.assignment)
     elif args.command == 'grades':
         course.grades(args.course, args.out)
     elif args.command == 'grading-bench':
         figures = course.bench(args.modules, students=args.students, jobs=tuple(args.jobs), nbs=args.nbs,
-                               sandbox_rounds=args.sandbox)
+                               engines=tuple(args.engines), repeat=args.repeat, sandbox_rounds=args.sandbox)
         if args.out:
             with open(args.out, 'w') as f:
                 json.dump(figures, f, indent=1)

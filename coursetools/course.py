@@ -2,14 +2,17 @@
 
     python -m coursetools init DIR                        course directory: config, gradebook, assignments, kit
     python -m coursetools collect DIR 00_tensor FOLDER    an LMS export (one folder per student) -> submitted/
-    python -m coursetools autograde DIR 00_tensor         grade every submission, in parallel on all cores
+    python -m coursetools autograde DIR 00_tensor         grade every submission on Dask (all cores, or --scheduler)
     python -m coursetools feedback DIR 00_tensor          feedback/<student>/00_tensor/00_tensor.html
     python -m coursetools grades DIR                      DIR/grades.csv: one column per exercise, and totals
 
 nbgrader runs in-process (its import and its gradebook creation are the slow parts of the `nbgrader` command);
-autograding uses one process per core, each grading one submission at a time, against the one gradebook (its
-sessions are serialised with a file lock). The grading plug-ins are in coursetools/autograding.py; every grading
-kernel runs in the sandbox of coursetools/sandbox.py (`preflight` checks it can, before anything is graded).
+autograding runs one Dask task per submission (a local cluster of one worker process per core, or any cluster by
+its scheduler's address), and only this process writes the gradebook (coursetools/dask_grading.py). The grading
+plug-ins are in coursetools/autograding.py; every grading kernel runs in the sandbox of coursetools/sandbox.py
+(`preflight` checks it can here, before anything is graded; each Dask worker checks it can there). (`_grade_one`
+below, nbgrader in place with the gradebook sessions serialised by a file lock, is the former process pool: kept
+as the baseline of `grading-bench`.)
 """
 import csv
 import html
@@ -384,10 +387,33 @@ def _zero(gb, assignment, student):
     return sub
 
 
-def autograde(root, assignment, students=None, jobs=None, log=print) -> dict:
-    """Autograde every submission of `assignment` (or only `students`) with `jobs` processes (default: all cores).
-    Every submission ends up in the gradebook with a score on every graded cell: graded, or 0 with the reason.
-    Returns the report (also written to reports/<assignment>.json): per student score, seconds and flags."""
+def _replace_folder(dest: Path, files: dict):
+    "Write `files` ({relative path: bytes}) as the folder `dest`, replacing what was there (swapped in whole)."
+    tmp = dest.with_name(f'.{dest.name}.tmp{os.getpid()}')
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    for name, data in files.items():
+        p = tmp / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    tmp.mkdir(parents=True, exist_ok=True)
+    old = dest.with_name(f'.{dest.name}.old{os.getpid()}')
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrade=False, log=print,
+              progress=None) -> dict:
+    """Autograde every submission of `assignment` (or only `students`) on Dask (coursetools/dask_grading.py): a
+    local cluster of `jobs` worker processes (default: all cores), or the cluster whose scheduler is at
+    `scheduler`; `jobs=0` grades in this process, one at a time. Only this process writes the gradebook, each
+    result as it arrives, so an interrupted batch keeps what was graded; running again grades the rest
+    (submissions already graded and unchanged are kept unless `regrade`). Every submission ends up in the
+    gradebook with a score on every graded cell: graded, or 0 with the reason. Returns the report (also written
+    to reports/<assignment>.json): per student score, seconds, worker and flags."""
+    from . import dask_grading
     root = Path(root).resolve()
     jobs = (os.cpu_count() or 1) if jobs is None else jobs      # 0: in this process, one at a time
     src = source_notebook(root, assignment)
@@ -397,74 +423,145 @@ def autograde(root, assignment, students=None, jobs=None, log=print) -> dict:
     record_path = root / 'reports' / f'{assignment}.collect.json'
     collected = json.loads(record_path.read_text()) if record_path.exists() else {}
     ref = reference_package()
-    sandboxed = preflight(log)
-    log(f'autograding {len(todo)} submissions of {assignment} with {max(jobs, 1)} processes; tinytorch = {ref}; '
-        + ('each kernel in a bubblewrap sandbox' if sandboxed else 'WITHOUT a sandbox'))
-    results = {}
-    start = time.perf_counter()
-    gradable = [s for s, ok in todo.items() if ok]
-    if gradable and jobs == 0:
-        _worker_init(root)
-        for s in gradable:
-            results[s] = _grade_one(assignment, s)
-    elif gradable:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        with ProcessPoolExecutor(max_workers=min(jobs, len(gradable)), initializer=_worker_init,
-                                 initargs=(str(root),), mp_context=multiprocessing.get_context('spawn')) as pool:
-            futures = [pool.submit(_grade_one, assignment, s) for s in gradable]
-            for f in as_completed(futures):
-                r = f.result()
-                results[r['student']] = r
-                log(f"  {r['student']}: {r['seconds']:.1f} s" + ('' if r['success'] else ' (nbgrader failed)'))
-    wall = time.perf_counter() - start
+    from . import sandbox
+    # The opt-out is read here, once, and travels with every task (common['unsafe']): a worker grades in the
+    # sandbox or not as this process decided, whatever its own environment says.
+    unsafe = sandbox.disabled()
+    if scheduler:             # the kernels run on the cluster's machines: each worker checks its own bwrap
+        sandboxed = not unsafe
+        if unsafe:
+            preflight(log)
+    else:
+        sandboxed = preflight(log)
+        if sandboxed:
+            dask_grading._REFERENCE['sandbox'] = True    # checked just now: this process grades when jobs=0
     logdir = root / 'reports' / 'logs' / assignment
     logdir.mkdir(parents=True, exist_ok=True)
     report_path = root / 'reports' / f'{assignment}.json'
     report = json.loads(report_path.read_text()) if report_path.exists() else {'submissions': {}}
-    nb_name = src.stem
+    api = nbgrader_api(root)
     with gradebook(root) as gb:
-        for sid in todo:
-            r = results.get(sid)
-            flags = list(collected.get(sid, {}).get('flags', []))
+        common = dask_grading.common_payload(root, assignment, gb, api.coursedir.course_id, unsafe=unsafe)
+        payloads = {s: dask_grading.student_payload(root, assignment, s, gb) for s in todo}
+    before = report['submissions']         # graded (or failed and flagged) in an earlier run, and unchanged since
+    kept = [s for s in todo if not regrade and before.get(s, {}).get('digest') == payloads[s]['digest']
+            and (not before[s]['graded'] or (root / 'autograded' / s / assignment).is_dir())]
+    failed = [s for s in kept if todo[s] and not before[s]['graded']]
+    gradable = [s for s, ok in todo.items() if ok and s not in kept]
+    where = f'the Dask cluster at {scheduler}' if scheduler else \
+        'this process' if jobs == 0 else f'{min(jobs, max(len(gradable), 1))} local Dask worker processes'
+    log(f'autograding {len(gradable)} submissions of {assignment} on {where}; tinytorch = {ref}'
+        + (f' ({len(kept)} graded before and unchanged: kept; --regrade grades them again)' if kept else '')
+        + (f"; kept as failed: {', '.join(failed)} (--regrade --student ID grades one again)" if failed else '')
+        + ('; each kernel in a bubblewrap sandbox' if sandboxed else '; WITHOUT a sandbox'))
+    results, saved = {}, [time.monotonic()]
+
+    def save(force=False):
+        if force or time.monotonic() - saved[0] > 2:
+            _atomic_write(report_path, json.dumps(report, indent=1, sort_keys=True))
+            saved[0] = time.monotonic()
+
+    def record(r, sid=None) -> str:
+        "One result into autograded/, the gradebook and the report (r None: nothing gradable, scored 0)."
+        sid = sid or r['student']
+        flags = list(collected.get(sid, {}).get('flags', []))
+        with gradebook(root) as gb:
             if r is None:
                 if not flags:
                     flags.append('no notebook in the submission: scored 0')
                 sub = _zero(gb, assignment, sid)
             else:
+                results[sid] = r
                 (logdir / f'{sid}.log').write_text(r['log'] + r['error'])
-                graded = root / 'autograded' / sid / assignment / src.name
-                if r['success'] and graded.exists():
-                    meta = nbformat.read(graded, as_version=4).metadata.get('tinytorch', {})
-                    flags += meta.get('flags', [])
+                if r['files']:
+                    _replace_folder(root / 'autograded' / sid / assignment, r['files'])
+                gb.update_or_create_student(sid)
+                sub = gb.update_or_create_submission(assignment, sid,
+                                                     **({'timestamp': r['timestamp']} if r['timestamp'] else {}))
+                if r['success'] and src.name in r['files']:
+                    for nb in sub.notebooks:                 # what nbgrader's SaveAutoGrades wrote on the worker
+                        got = r['notebooks'].get(nb.notebook.name, {})
+                        for g in nb.grades:
+                            if g.name in got.get('grades', {}):
+                                g.auto_score = got['grades'][g.name][0]
+                                g.needs_manual_grade = g.manual_score is not None or g.auto_score is None
+                        for c in nb.comments:
+                            if c.name in got.get('comments', {}):
+                                c.auto_comment = got['comments'][c.name]
+                        if got:
+                            nb.late_submission_penalty = got.get('late_submission_penalty')
+                    meta = nbformat.reads(r['files'][src.name].decode('utf-8'), as_version=4).metadata
+                    flags += meta.get('tinytorch', {}).get('flags', [])
+                    if r.get('unsafe') and sandbox.UNSAFE_FLAG not in flags:
+                        flags.append(sandbox.UNSAFE_FLAG)    # the worker said so, whatever its notebook says
                 else:
+                    if r.get('unsafe') and r.get('start'):   # it may have run some of the submission's code
+                        flags.append(sandbox.UNSAFE_FLAG)
                     last = (r['error'] or r['log']).strip().splitlines()[-1:] or ['']
-                    flags.append(f'grading failed ({last[0][:120]}): scored 0, see reports/logs/{assignment}/{sid}.log')
-                sub = gb.update_or_create_submission(assignment, sid)
-                for nb in sub.notebooks:                     # a failed run leaves no score: make it 0
-                    for g in nb.grades:
-                        if g.auto_score is None and g.manual_score is None:
-                            g.auto_score, g.needs_manual_grade = 0, False
+                    flags.append(r.get('failure') or f'grading failed ({last[0][:120]})')
+                    flags[-1] += f': scored 0, see reports/logs/{assignment}/{sid}.log'
+                    for nb in sub.notebooks:                 # a failed run leaves no score: make it 0
+                        for g in nb.grades:
+                            if g.auto_score is None and g.manual_score is None:
+                                g.auto_score, g.needs_manual_grade = 0, False
             for nb in sub.notebooks:
                 nb.flagged = bool(flags)
             gb.db.commit()
             scores = {g.name: float(g.score) for nb in sub.notebooks for g in nb.grades}
             report['submissions'][sid] = {
                 'score': sum(scores.values()), 'max_score': float(sub.max_score), 'cells': scores,
-                'seconds': r['seconds'] if r else 0.0, 'graded': bool(r and r['success']), 'flags': flags}
-    grading = (max(r['end'] for r in results.values()) - min(r['start'] for r in results.values())) if results else 0.0
-    report.update(assignment=assignment, notebook=nb_name, jobs=jobs, wall_seconds=round(wall, 2), sandbox=sandboxed,
-                  grading_seconds=round(grading, 2),
-                  graded=len(results), seconds_per_submission=round(
-                      sum(r['seconds'] for r in results.values()) / len(results), 2) if results else 0.0)
-    _atomic_write(report_path, json.dumps(report, indent=1, sort_keys=True))
+                'seconds': r['seconds'] if r else 0.0, 'graded': bool(r and r['success']), 'flags': flags,
+                'worker': r['worker'] if r else None, 'digest': payloads[sid]['digest']}
+        save()
+        if r is None:
+            return None
+        return f"  {sid}: {r['seconds']:.1f} s" + (f" on {r['worker']}" if r['worker'] else '') + \
+            ('' if r['success'] else f' ({flags[-1]})')
+
+    start = time.perf_counter()
+    info = {}
+    try:
+        for sid, ok in todo.items():
+            if not ok and sid not in kept:
+                record(None, sid)
+        jobs_list = [payloads[s] for s in gradable]
+        if jobs_list and jobs == 0 and not scheduler:
+            guard = dask_grading.Recording().install()
+            try:
+                for job in jobs_list:
+                    r = dask_grading.grade_submission(common, job)
+                    with guard.record():
+                        log(record(r))
+            finally:
+                guard.uninstall()
+        elif jobs_list:
+            info = dask_grading.run(common, jobs_list, record, scheduler=scheduler,
+                                    workers=min(jobs, len(jobs_list)) or 1, log=log, progress=progress)
+    except KeyboardInterrupt:
+        save(force=True)
+        log(f'interrupted: {len(results)} submissions graded and recorded in this run; run the same command again '
+            f'to grade the other {len(gradable) - len(results)}')
+        raise
+    wall = time.perf_counter() - start
+    grading = (max(r['end'] for r in results.values() if r['end']) -
+               min(r['start'] for r in results.values() if r['start'])) \
+        if any(r['start'] for r in results.values()) else 0.0
+    ran = [r for r in results.values() if r['start']]
+    report.update(assignment=assignment, notebook=src.stem, jobs=jobs, scheduler=scheduler or info.get('scheduler'),
+                  sandbox=sandboxed,
+                  workers=info.get('workers', 0), wall_seconds=round(wall, 2), grading_seconds=round(grading, 2),
+                  graded=len(results), kept=len(kept), seconds_per_submission=round(
+                      sum(r['seconds'] for r in ran) / len(ran), 2) if ran else 0.0)
+    save(force=True)
     for sid in todo:
         s = report['submissions'][sid]
         note = f"  flagged: {'; '.join(s['flags'])}" if s['flags'] else ''
         log(f"{sid:>24}  {s['score']:g}/{s['max_score']:g}  {s['seconds']:.1f} s{note}")
-    log(f'{len(results)} graded in {wall:.1f} s with {max(jobs, 1)} processes ({grading:.1f} s from the first '
+    engine = f"{info.get('workers', 0)} Dask workers of {scheduler}" if scheduler else \
+        f'{max(jobs, 1)} processes' + (' (Dask)' if jobs else '')
+    log(f'{len(results)} graded in {wall:.1f} s with {engine} ({grading:.1f} s from the first '
         f"submission's start to the last one's end; {report['seconds_per_submission']:.1f} s per submission; "
-        f'{len(todo) - len(results)} not gradable)')
+        f'{sum(1 for s in todo if not todo[s])} not gradable; {len(kept)} kept from before)')
     return report
 
 
@@ -553,11 +650,32 @@ def grades(root, out=None, log=print) -> Path:
 
 # ---------------------------------------------------------------------------------------------- figures
 
-def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', log=print, sandbox_rounds=0) -> dict:
+def _pool_autograde(root, assignment, students, jobs) -> list:
+    """The former autograding pool (before Dask), kept as the baseline of `bench`: `jobs` spawned processes, each
+    running nbgrader's autograde in place against the course's gradebook (sessions serialised by a file lock).
+    Returns the per-submission results."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    reference_package()
+    with ProcessPoolExecutor(max_workers=min(jobs, len(students)), initializer=_worker_init, initargs=(str(root),),
+                             mp_context=multiprocessing.get_context('spawn')) as pool:
+        results = list(pool.map(_grade_one, [assignment] * len(students), students))
+    with gradebook(root) as gb:
+        for r in results:
+            r['score'] = float(gb.find_submission(assignment, r['student']).score)
+    return results
+
+
+def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', engines=('dask',), repeat=1, log=print,
+          sandbox_rounds=0) -> dict:
     """Grading figures: for each module, `students` copies of a solved submission autograded with each of `jobs`
-    processes. Returns {module: {jobs: {'wall', 'per_submission'}}}. `sandbox_rounds` > 0: instead, the cost of
-    the sandbox: that many rounds, each grading the copies with the sandbox and without (UNSAFE_NO_SANDBOX=1),
-    in alternating order, on `jobs[0]` processes; {module: {'sandbox': [...], 'none': [...], 'overhead'}}."""
+    processes, by each engine: 'dask' (`autograde`: a local Dask cluster, the coordinator writing the gradebook)
+    and 'pool' (the former process pool, `_pool_autograde`). Wall time is the whole command's, cluster or pool
+    start included. With `repeat` > 1 the engines alternate that many times and each keeps its fastest run (the
+    least disturbed by other load). Returns {module: {engine: {jobs: {'wall', 'grading', 'per_submission',
+    'per_minute', 'runs'}}}}. `sandbox_rounds` > 0: instead, the cost of the sandbox: that many rounds, each
+    grading the copies on Dask with the sandbox and without (UNSAFE_NO_SANDBOX=1), in alternating order, on
+    `jobs[0]` processes; {module: {'sandbox': [...], 'none': [...], 'overhead'}}."""
     if sandbox_rounds:
         return _bench_sandbox(modules, students, jobs[0], nbs, log, sandbox_rounds)
     from .notebooks import fill_solutions
@@ -570,24 +688,47 @@ def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', log=print, sa
             a = path.stem
             solved = fill_solutions(nbformat.read(root / 'release' / a / path.name, as_version=4),
                                     nbformat.read(path, as_version=4))
-            for i in range(students):
-                dest = root / 'submitted' / f's{i:02d}' / a
+            names = [f's{i:02d}' for i in range(students)]
+            for sid in names:
+                dest = root / 'submitted' / sid / a
                 dest.mkdir(parents=True, exist_ok=True)
                 nbformat.write(solved, dest / path.name)
-            figures[a] = {}
-            for j in jobs:
-                r = autograde(root, a, jobs=j, log=lambda *_: None)
-                full = all(s['score'] == s['max_score'] for s in r['submissions'].values())
-                figures[a][j] = {'wall': r['wall_seconds'], 'grading': r['grading_seconds'],
-                                 'per_submission': r['seconds_per_submission'], 'full_marks': full}
-                log(f"{a}: {students} submissions, {j} process(es): {r['wall_seconds']:.1f} s wall "
-                    f"({r['grading_seconds']:.1f} s grading), {r['seconds_per_submission']:.1f} s per submission"
-                    + ('' if full else ' (NOT full marks!)'))
-            if len(jobs) > 1:
-                base = figures[a][jobs[0]]
-                for j in jobs[1:]:
-                    log(f"{a}: speed-up with {j} processes: {base['wall'] / figures[a][j]['wall']:.2f}x wall, "
-                        f"{base['grading'] / figures[a][j]['grading']:.2f}x grading")
+            figures[a] = {e: {} for e in engines}
+            order = [(j, rep, e) for j in jobs for rep in range(repeat) for e in engines]   # engines alternated:
+            for j, rep, engine in order:                                                 # load changes hit both
+                t0 = time.perf_counter()
+                if engine == 'pool':
+                    results = _pool_autograde(root, a, names, j)
+                    wall = time.perf_counter() - t0
+                    with gradebook(root) as gb:
+                        full = all(r['score'] == float(gb.find_submission(a, r['student']).max_score)
+                                   for r in results)
+                    grading = max(r['end'] for r in results) - min(r['start'] for r in results)
+                    per = sum(r['seconds'] for r in results) / len(results)
+                else:
+                    r = autograde(root, a, jobs=j, regrade=True, log=lambda *_: None, progress=False)
+                    wall = time.perf_counter() - t0
+                    full = all(s['score'] == s['max_score'] for s in r['submissions'].values())
+                    grading, per = r['grading_seconds'], r['seconds_per_submission']
+                fig = {'wall': round(wall, 2), 'grading': round(grading, 2), 'per_submission': round(per, 2),
+                       'per_minute': round(60 * students / wall, 2), 'full_marks': full}
+                runs = figures[a][engine].get(j, {}).get('runs', []) + [round(wall, 2)]
+                if j not in figures[a][engine] or wall < figures[a][engine][j]['wall']:
+                    figures[a][engine][j] = fig
+                figures[a][engine][j]['runs'] = runs
+                log(f"{a}: {students} submissions, {engine}, {j} process(es), run {rep + 1}: {wall:.1f} s wall "
+                    f"({fig['per_minute']:.1f} submissions/min; {grading:.1f} s grading), "
+                    f"{per:.1f} s per submission" + ('' if full else ' (NOT full marks!)'))
+                if 'pool' in engines and 'dask' in engines and rep == repeat - 1 and engine == engines[-1]:
+                    d, p = figures[a]['dask'][j], figures[a]['pool'][j]
+                    log(f"{a}: Dask against the former pool with {j} process(es): {100 * (d['wall'] / p['wall'] - 1):+.1f}% "
+                        f"wall, {100 * (d['grading'] / p['grading'] - 1):+.1f}% grading")
+            for engine in engines:
+                if len(jobs) > 1:
+                    base = figures[a][engine][jobs[0]]
+                    for j in jobs[1:]:
+                        log(f"{a}: {engine} speed-up with {j} processes: {base['wall'] / figures[a][engine][j]['wall']:.2f}x "
+                            f"wall, {base['grading'] / figures[a][engine][j]['grading']:.2f}x grading")
     return figures
 
 
@@ -616,7 +757,7 @@ def _bench_sandbox(modules, students, jobs, nbs, log, rounds) -> dict:
                             os.environ[OPT_OUT] = '1'
                         else:
                             os.environ.pop(OPT_OUT, None)
-                        r = autograde(root, a, jobs=jobs, log=lambda *_: None)
+                        r = autograde(root, a, jobs=jobs, regrade=True, log=lambda *_: None, progress=False)
                         assert all(s['score'] == s['max_score'] for s in r['submissions'].values()), r
                         seconds[mode] += [s['seconds'] for s in r['submissions'].values()]
                 mean = {m: sum(v) / len(v) for m, v in seconds.items()}

@@ -765,7 +765,8 @@ def check_parallel_report(batch):
 def check_rerun_gives_the_same_grades(batch, course_dir):
     again = ['crash', 'cheat', 'tampered', 'invalid_json']
     first = {s: batch['report']['submissions'][s] for s in again}
-    report = course.autograde(course_dir, A, students=again, jobs=2, log=lambda *_: None)
+    report = course.autograde(course_dir, A, students=again, jobs=2, regrade=True, log=lambda *_: None)
+    assert report['graded'] == 3 and report['kept'] == 0        # invalid_json: not gradable, zero again
     for s in again:
         assert report['submissions'][s]['cells'] == first[s]['cells'], s
         assert report['submissions'][s]['flags'] == first[s]['flags'], s
