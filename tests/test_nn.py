@@ -3,6 +3,7 @@ import copy
 
 import numpy as np
 import pytest
+from conftest import load_from_torch, torch_or_skip
 from hypothesis import assume, given, settings, strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -397,16 +398,10 @@ def test_cross_entropy_errors():
 
 # ---------------------------------------------------------------- against PyTorch
 
-def _torch():
-    torch = pytest.importorskip('torch')
-    torch.set_num_threads(1)
-    return torch
-
-
 @pytest.mark.torch
 @pytest.mark.parametrize('shape', [(7, 16), (2, 5, 16)])
 def test_linear_matches_torch(shape):
-    torch = _torch()
+    torch = torch_or_skip()
     tlin = torch.nn.Linear(16, 12)
     ours = Linear(16, 12)
     ours.load_state_dict({k: v.detach().numpy() for k, v in tlin.state_dict().items()})
@@ -427,7 +422,7 @@ def test_linear_matches_torch(shape):
 @pytest.mark.torch
 @pytest.mark.parametrize('normalized_shape', [32, (4, 32)])
 def test_layer_norm_matches_torch(normalized_shape):
-    torch = _torch()
+    torch = torch_or_skip()
     tln = torch.nn.LayerNorm(normalized_shape)
     with torch.no_grad():
         tln.weight.normal_()
@@ -453,7 +448,7 @@ def test_layer_norm_matches_torch(normalized_shape):
 @pytest.mark.parametrize('label_smoothing', [0.0, 0.1])
 @pytest.mark.parametrize('ignore_index', [-100, 0])
 def test_cross_entropy_matches_torch(reduction, label_smoothing, ignore_index):
-    torch = _torch()
+    torch = torch_or_skip()
     z = (randn(12, 20) * 3).astype(np.float32)
     t = RNG.integers(0, 20, 12)
     t[[2, 5]] = ignore_index if ignore_index >= 0 else -100
@@ -472,7 +467,7 @@ def test_cross_entropy_matches_torch(reduction, label_smoothing, ignore_index):
 @pytest.mark.torch
 @pytest.mark.parametrize('classes', [1, 32, 33, 500])     # both sides of _row_max's transposed-copy threshold
 def test_cross_entropy_matches_torch_for_any_number_of_classes(classes):
-    torch = _torch()
+    torch = torch_or_skip()
     z = (randn(40, classes) * 5).astype(np.float32)
     z[3] += 1e4                                          # a row far above the others
     t = RNG.integers(0, classes, 40)
@@ -489,7 +484,7 @@ def test_cross_entropy_matches_torch_for_any_number_of_classes(classes):
 @pytest.mark.torch
 @pytest.mark.parametrize('affine', ['none', 'weight', 'bias'])
 def test_layer_norm_float32_matches_float64_torch_at_model_size(affine):
-    torch = _torch()
+    torch = torch_or_skip()
     x = randn(640, 128) * 3 + 1
     g = randn(640, 128)
     w = randn(128) if affine == 'weight' else None
@@ -529,7 +524,7 @@ def test_layer_norm_backward_leaves_its_inputs_and_saved_state_alone():
 
 @pytest.mark.torch
 def test_cross_entropy_shapes_match_torch():
-    torch = _torch()
+    torch = torch_or_skip()
     z = randn(2, 5, 3).astype(np.float32)               # (N, C, d): class axis second
     t = np.array([[0, 4, 1], [2, 2, -100]])
     for reduction in ('mean', 'none'):
@@ -544,7 +539,7 @@ def test_cross_entropy_shapes_match_torch():
 
 @pytest.mark.torch
 def test_gelu_matches_torch():
-    torch = _torch()
+    torch = torch_or_skip()
     x = (randn(50) * 3).astype(np.float32)
     for approximate in ('none', 'tanh'):
         ref = torch.nn.GELU(approximate)(torch.tensor(x)).numpy()
@@ -585,7 +580,7 @@ class OurBlock(Module):
 
 @pytest.mark.torch
 def test_state_dicts_move_between_torch_and_us():
-    torch = _torch()
+    torch = torch_or_skip()
     torch.manual_seed(0)
     theirs = _torch_block(torch).eval()
     with torch.no_grad():
@@ -619,7 +614,7 @@ def test_state_dicts_move_between_torch_and_us():
 
 @pytest.mark.torch
 def test_linear_init_distribution_matches_torch():
-    torch = _torch()
+    torch = torch_or_skip()
     torch.manual_seed(0)
     manual_seed(0)
     tw = torch.nn.Linear(400, 300).weight.detach().numpy()

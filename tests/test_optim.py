@@ -5,6 +5,7 @@ import math
 import matplotlib
 import numpy as np
 import pytest
+from conftest import load_from_torch, torch_or_skip
 from hypothesis import given, settings, strategies as st
 
 from tinytorch.nn import GELU, LayerNorm, Linear, Parameter, Sequential, cross_entropy, manual_seed
@@ -392,12 +393,6 @@ def test_parameter_list_errors():
 
 # ---------------------------------------------------------------- against PyTorch
 
-def _torch():
-    torch = pytest.importorskip('torch')
-    torch.set_num_threads(1)
-    return torch
-
-
 def _torch_twin(torch, model):
     twin = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.GELU(), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))
     twin.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in model.state_dict().items()})
@@ -420,7 +415,7 @@ OPTIMIZERS = [
 @pytest.mark.torch
 @pytest.mark.parametrize('name, kwargs', OPTIMIZERS, ids=[f'{n}-{i}' for i, (n, _) in enumerate(OPTIMIZERS)])
 def test_ten_steps_match_torch(name, kwargs):
-    torch = _torch()
+    torch = torch_or_skip()
     model = make_model()
     twin = _torch_twin(torch, model)
     ours = {'SGD': SGD, 'Adam': Adam, 'AdamW': AdamW}[name](model.parameters(), **kwargs)
@@ -447,7 +442,7 @@ def test_ten_steps_match_torch(name, kwargs):
 
 @pytest.mark.torch
 def test_param_groups_and_clipping_match_torch():
-    torch = _torch()
+    torch = torch_or_skip()
     model = make_model()
     twin = _torch_twin(torch, model)
     ps, tps = list(model.parameters()), list(twin.parameters())
@@ -479,7 +474,7 @@ def test_param_groups_and_clipping_match_torch():
 @pytest.mark.torch
 @pytest.mark.parametrize('norm_type', [1.0, 2.0, 3.0, math.inf])
 def test_clip_grad_norm_matches_torch(norm_type):
-    torch = _torch()
+    torch = torch_or_skip()
     grads = [RNG.standard_normal(s).astype(np.float32) for s in [(4, 3), (7,), (2, 2, 2)]]
     ours = [param(np.zeros(g.shape), g) for g in grads]
     theirs = [torch.zeros(g.shape, requires_grad=True) for g in grads]
@@ -495,7 +490,7 @@ def test_clip_grad_norm_matches_torch(norm_type):
 @pytest.mark.torch
 @pytest.mark.parametrize('case', ['step', 'cosine', 'cosine_past_T', 'lambda_linear', 'lambda_invsqrt'])
 def test_schedules_match_torch(case):
-    torch = _torch()
+    torch = torch_or_skip()
     sched = torch.optim.lr_scheduler
     makers = {
         'step': (lambda o: StepLR(o, 7, 0.5), lambda o: sched.StepLR(o, 7, 0.5)),
@@ -523,7 +518,7 @@ def test_schedules_match_torch(case):
                                     dict(threshold_mode='abs', threshold=0.01, patience=2),
                                     dict(mode='max', patience=1, factor=0.3)])
 def test_reduce_on_plateau_matches_torch(kwargs):
-    torch = _torch()
+    torch = torch_or_skip()
     rng = np.random.default_rng(1)
     metrics = np.maximum(1 / np.arange(1, 81) ** 0.5, 0.3) + rng.normal(0, 0.01, 80)
     if kwargs.get('mode') == 'max':

@@ -5,6 +5,7 @@ import re
 
 import numpy as np
 import pytest
+from conftest import load_from_torch, torch_or_skip
 
 from tinytorch.nn import manual_seed
 from tinytorch.tensor import Tensor, gelu
@@ -19,23 +20,13 @@ def randn(*shape):
     return RNG.standard_normal(shape).astype(np.float32)
 
 
-def _torch():
-    torch = pytest.importorskip('torch')
-    torch.set_num_threads(1)
-    return torch
-
-
-def _load_from_torch(ours, theirs):
-    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
-
-
 # ---------------------------------------------------------------- GELU's tanh approximation (GPT-2's gelu_new)
 
 @pytest.mark.torch
 @pytest.mark.parametrize('norm_first', [False, True])
 @pytest.mark.parametrize('kind', ['encoder', 'decoder'])
 def test_gelu_tanh_layers_match_torch(kind, norm_first):
-    torch = _torch()
+    torch = torch_or_skip()
     torch.manual_seed(0)
     tanh_gelu = lambda x: torch.nn.functional.gelu(x, approximate='tanh')
     args = dict(dim_feedforward=32, dropout=0.1, batch_first=True, norm_first=norm_first)
@@ -45,7 +36,7 @@ def test_gelu_tanh_layers_match_torch(kind, norm_first):
     else:
         theirs = torch.nn.TransformerDecoderLayer(16, 4, activation=tanh_gelu, **args).eval()
         ours = TransformerDecoderLayer(16, 4, activation='gelu_tanh', **args).eval()
-    _load_from_torch(ours, theirs)
+    load_from_torch(ours, theirs)
     inputs = [randn(2, 5, 16)] + ([randn(2, 6, 16)] if kind == 'decoder' else [])
     with torch.no_grad():
         expected = theirs(*map(torch.from_numpy, inputs)).numpy()
@@ -54,12 +45,12 @@ def test_gelu_tanh_layers_match_torch(kind, norm_first):
 
 @pytest.mark.torch
 def test_layer_accepts_a_callable_activation_like_torch():
-    torch = _torch()
+    torch = torch_or_skip()
     torch.manual_seed(1)
     theirs = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, activation=torch.nn.functional.gelu,
                                               batch_first=True)
     ours = TransformerEncoderLayer(8, 2, 16, dropout=0.0, activation=gelu, batch_first=True)
-    _load_from_torch(ours, theirs)
+    load_from_torch(ours, theirs)
     x = randn(2, 3, 8)
     np.testing.assert_allclose(ours(Tensor(x)).data, theirs(torch.from_numpy(x)).detach().numpy(), atol=2e-5)
 
@@ -76,7 +67,7 @@ def test_feed_forward_gelu_tanh_is_the_tanh_formula_and_differs_from_exact():
 
 @pytest.mark.torch
 def test_functional_gelu_tanh_and_its_gradient_match_torch():
-    torch = _torch()
+    torch = torch_or_skip()
     x = np.linspace(-6, 6, 101, dtype=np.float32)
     t = torch.from_numpy(x).requires_grad_()
     y = torch.nn.functional.gelu(t, approximate='tanh')
@@ -128,7 +119,7 @@ def test_paper_models_with_shared_embeddings_have_the_published_count(sizes, exp
 @pytest.mark.torch
 @pytest.mark.filterwarnings('ignore::UserWarning')      # torch's notes about its nested-tensor fast path
 def test_shared_count_is_torch_transformer_plus_one_matrix():
-    torch = _torch()
+    torch = torch_or_skip()
     layers = torch.nn.Transformer(512, 8, 6, 6, 2048)
     assert (sum(p.numel() for p in layers.parameters()) + 37000 * 512
             == TransformerConfig(**BASE, share_embeddings=True).num_parameters())
@@ -224,7 +215,7 @@ class _Ours:
 @pytest.mark.parametrize('op', ['add', 'mul', 'truediv', 'radd', 'rmul', 'rtruediv', 'sub'])
 @pytest.mark.parametrize('tensor', list(_TENSORS))
 def test_binary_promotion_matches_torch(tensor, op):
-    torch = _torch()
+    torch = torch_or_skip()
     data, dtype = _TENSORS[tensor]
     ours = Tensor(data, dtype=dtype)
     theirs = torch.from_numpy(np.array(data, dtype=dtype))
@@ -254,7 +245,7 @@ def test_the_issue_example_promotes():
 @pytest.mark.parametrize('exponent', [2, 0.5, 3.0])
 @pytest.mark.parametrize('tensor', ['i64', 'f32', 'bool'])
 def test_pow_promotion_matches_torch(tensor, exponent):
-    torch = _torch()
+    torch = torch_or_skip()
     data, dtype = _TENSORS[tensor]
     expected = (torch.from_numpy(np.array(data, dtype=dtype)) ** exponent).numpy()
     got = (Tensor(data, dtype=dtype) ** exponent).data
@@ -266,7 +257,7 @@ def test_pow_promotion_matches_torch(tensor, exponent):
 @pytest.mark.parametrize('fn', ['exp', 'log'])
 @pytest.mark.parametrize('tensor', ['i64', 'bool'])
 def test_exp_and_log_of_integers_are_float32_like_torch(tensor, fn):
-    torch = _torch()
+    torch = torch_or_skip()
     data, dtype = _TENSORS[tensor]
     expected = getattr(torch, fn)(torch.from_numpy(np.array(data, dtype=dtype))).numpy()
     got = getattr(Tensor(data, dtype=dtype), fn)().data
@@ -276,7 +267,7 @@ def test_exp_and_log_of_integers_are_float32_like_torch(tensor, fn):
 
 @pytest.mark.torch
 def test_joins_and_where_promote_like_torch():
-    torch = _torch()
+    torch = torch_or_skip()
     i, f = np.array([1, 2]), np.array([0.5, 1.5], np.float32)
     cond = np.array([True, False])
     pairs = [
@@ -343,7 +334,7 @@ def test_matmul_errors_name_both_shapes(a, b, fragment):
 
 @pytest.mark.torch
 def test_matmul_shapes_that_torch_accepts_still_work():
-    torch = _torch()
+    torch = torch_or_skip()
     for a, b in [((2, 3), (3, 4)), ((2, 1, 3, 4), (5, 4, 2)), ((4,), (4, 3)), ((2, 4), (4,)), ((4,), (4,))]:
         x, y = randn(*a), randn(*b)
         np.testing.assert_allclose((Tensor(x) @ Tensor(y)).data, (torch.from_numpy(x) @ torch.from_numpy(y)).numpy(),
@@ -354,7 +345,7 @@ def test_matmul_shapes_that_torch_accepts_still_work():
 
 @pytest.mark.torch
 def test_second_backward_raises_like_torch_unless_retain_graph():
-    torch = _torch()
+    torch = torch_or_skip()
     x = randn(3)
     theirs = torch.from_numpy(x).requires_grad_()
     z = (theirs * theirs).sum()
@@ -371,7 +362,7 @@ def test_second_backward_raises_like_torch_unless_retain_graph():
 
 @pytest.mark.torch
 def test_retain_graph_accumulates_like_torch():
-    torch = _torch()
+    torch = torch_or_skip()
     x = randn(3)
     theirs = torch.from_numpy(x).requires_grad_()
     z = (theirs * theirs).exp().sum()
@@ -401,7 +392,7 @@ from tinytorch.attention import MultiheadAttention, attend, causal_mask, scaled_
 @pytest.mark.torch
 @pytest.mark.parametrize('is_causal', [False, True])
 def test_sdpa_called_as_in_torch_returns_the_output_only(is_causal):
-    torch = _torch()
+    torch = torch_or_skip()
     q, k, v = randn(2, 3, 5, 4), randn(2, 3, 5, 4), randn(2, 3, 5, 6)
     out = scaled_dot_product_attention(q, k, v, is_causal=is_causal)
     expected = torch.nn.functional.scaled_dot_product_attention(*map(torch.from_numpy, (q, k, v)), is_causal=is_causal)
@@ -411,7 +402,7 @@ def test_sdpa_called_as_in_torch_returns_the_output_only(is_causal):
 
 @pytest.mark.torch
 def test_sdpa_positional_arguments_are_torchs():
-    torch = _torch()
+    torch = torch_or_skip()
     q, k, v = randn(1, 4, 8), randn(1, 6, 8), randn(1, 6, 8)
     bias = randn(4, 6)                               # a float mask is added to the scores in both
     expected = torch.nn.functional.scaled_dot_product_attention(*map(torch.from_numpy, (q, k, v, bias)), 0.0, False,
@@ -425,7 +416,7 @@ def test_sdpa_positional_arguments_are_torchs():
 @pytest.mark.torch
 def test_sdpa_boolean_mask_means_what_it_means_in_torch():
     "PyTorch's function: True = may attend (MultiheadAttention's and attend's masks say the opposite)."
-    torch = _torch()
+    torch = torch_or_skip()
     q, k, v = randn(2, 3, 5, 4), randn(2, 3, 7, 4), randn(2, 3, 7, 2)
     allowed = np.random.default_rng(5).random((5, 7)) < 0.5
     allowed[:, 0] = True                             # every query sees a key (PyTorch gives NaN for none)
@@ -463,12 +454,12 @@ def test_attend_returns_the_weights_the_figures_use():
 
 @pytest.mark.torch
 def test_mha_defaults_to_torchs_sequence_first_layout():
-    torch = _torch()
+    torch = torch_or_skip()
     torch.manual_seed(0)
     theirs = torch.nn.MultiheadAttention(8, 2).eval()                       # (L, N, E) by default
     ours = MultiheadAttention(8, 2).eval()
     assert ours.batch_first is False
-    _load_from_torch(ours, theirs)
+    load_from_torch(ours, theirs)
     x = randn(5, 3, 8)                                                      # L=5, N=3
     with torch.no_grad():
         expected, w = theirs(*(torch.from_numpy(x),) * 3)
@@ -480,13 +471,13 @@ def test_mha_defaults_to_torchs_sequence_first_layout():
 @pytest.mark.torch
 @pytest.mark.parametrize('kdim, vdim', [(6, 10), (8, 5), (12, 12)])
 def test_mha_kdim_vdim_match_torch(kdim, vdim):
-    torch = _torch()
+    torch = torch_or_skip()
     torch.manual_seed(1)
     theirs = torch.nn.MultiheadAttention(8, 2, kdim=kdim, vdim=vdim, batch_first=True)
     ours = MultiheadAttention(8, 2, kdim=kdim, vdim=vdim, batch_first=True)
     assert list(ours.state_dict()) == list(theirs.state_dict())
     assert all(ours.state_dict()[k].shape == tuple(v.shape) for k, v in theirs.state_dict().items())
-    _load_from_torch(ours, theirs)
+    load_from_torch(ours, theirs)
     x, key, value = randn(2, 3, 8), randn(2, 4, kdim), randn(2, 4, vdim)
     ins = [Tensor(a, requires_grad=True) for a in (x, key, value)]
     tins = [torch.from_numpy(a).requires_grad_() for a in (x, key, value)]
@@ -507,11 +498,11 @@ def test_mha_kdim_vdim_match_torch(kdim, vdim):
 
 @pytest.mark.torch
 def test_encoder_layer_accepts_a_raw_array_like_torch_takes_a_tensor():
-    torch = _torch()
+    torch = torch_or_skip()
     torch.manual_seed(2)
     theirs = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0).eval()
     ours = TransformerEncoderLayer(8, 2, 16, dropout=0.0).eval()
-    _load_from_torch(ours, theirs)
+    load_from_torch(ours, theirs)
     x = randn(4, 2, 8)
     with torch.no_grad():
         expected = theirs(torch.from_numpy(x)).numpy()

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import load_from_torch, torch_or_skip
 from hypothesis import given, settings, strategies as st
 
 from tinytorch.attention import causal_mask
@@ -356,28 +357,18 @@ def test_attention_maps_names_and_shapes():
 
 # ---------------------------------------------------------------- PyTorch: same weights, same outputs
 
-def _torch():
-    torch = pytest.importorskip('torch')
-    torch.set_num_threads(1)
-    return torch
-
-
-def _load_from_torch(ours, theirs):
-    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
-
-
 @pytest.mark.torch
 @pytest.mark.parametrize('norm_first', [False, True])
 @pytest.mark.parametrize('batch_first', [True, False])
 @pytest.mark.parametrize('activation', ['relu', 'gelu'])
 def test_encoder_layer_matches_torch(norm_first, batch_first, activation):
-    torch = _torch()
+    torch = torch_or_skip()
     torch.manual_seed(0)
     theirs = torch.nn.TransformerEncoderLayer(16, 4, 32, dropout=0.1, activation=activation,
                                               batch_first=batch_first, norm_first=norm_first).eval()
     ours = TransformerEncoderLayer(16, 4, 32, dropout=0.1, activation=activation, batch_first=batch_first,
                                    norm_first=norm_first).eval()
-    _load_from_torch(ours, theirs)
+    load_from_torch(ours, theirs)
     x = randn(3, 6, 16).astype(np.float32)
     pad = np.zeros((3, 6), bool)
     pad[0, 4:] = pad[2, 5:] = True
@@ -394,12 +385,12 @@ def test_encoder_layer_matches_torch(norm_first, batch_first, activation):
 @pytest.mark.parametrize('norm_first', [False, True])
 @pytest.mark.parametrize('batch_first', [True, False])
 def test_decoder_layer_matches_torch(norm_first, batch_first):
-    torch = _torch()
+    torch = torch_or_skip()
     torch.manual_seed(1)
     theirs = torch.nn.TransformerDecoderLayer(16, 4, 32, dropout=0.1, batch_first=batch_first,
                                               norm_first=norm_first).eval()
     ours = TransformerDecoderLayer(16, 4, 32, dropout=0.1, batch_first=batch_first, norm_first=norm_first).eval()
-    _load_from_torch(ours, theirs)
+    load_from_torch(ours, theirs)
     tgt, mem = randn(3, 5, 16).astype(np.float32), randn(3, 7, 16).astype(np.float32)
     mem_pad = np.zeros((3, 7), bool)
     mem_pad[1, 5:] = True
@@ -420,7 +411,7 @@ def test_decoder_layer_matches_torch(norm_first, batch_first):
 @pytest.mark.filterwarnings('ignore::UserWarning')      # torch's notes about its nested-tensor fast path
 @pytest.mark.parametrize('batch_first', [True, False])
 def test_transformer_matches_torch_guide_config(batch_first):
-    torch = _torch()
+    torch = torch_or_skip()
     torch.manual_seed(2)
     c = TransformerConfig()
     theirs = torch.nn.Transformer(c.d_model, c.nhead, c.num_encoder_layers, c.num_decoder_layers,
@@ -430,7 +421,7 @@ def test_transformer_matches_torch_guide_config(batch_first):
                        c.dropout, batch_first=batch_first).eval()
     assert sorted(ours.state_dict()) == sorted(theirs.state_dict())
     assert all(ours.state_dict()[k].shape == tuple(v.shape) for k, v in theirs.state_dict().items())
-    _load_from_torch(ours, theirs)
+    load_from_torch(ours, theirs)
     src, tgt = randn(4, 10, 128).astype(np.float32), randn(4, 11, 128).astype(np.float32)
     src_pad = np.zeros((4, 10), bool)
     src_pad[1, 7:] = src_pad[3, 9:] = True
@@ -451,11 +442,11 @@ def test_transformer_matches_torch_guide_config(batch_first):
 
 @pytest.mark.torch
 def test_transformer_gradients_match_torch():
-    torch = _torch()
+    torch = torch_or_skip()
     torch.manual_seed(3)
     theirs = torch.nn.Transformer(32, 4, 2, 2, 64, dropout=0.0, batch_first=True)
     ours = Transformer(32, 4, 2, 2, 64, dropout=0.0, batch_first=True)
-    _load_from_torch(ours, theirs)
+    load_from_torch(ours, theirs)
     src, tgt, g = randn(3, 6, 32).astype(np.float32), randn(3, 5, 32).astype(np.float32), randn(3, 5, 32)
     mask = causal_mask(5)
     (theirs(torch.from_numpy(src), torch.from_numpy(tgt), tgt_mask=torch.from_numpy(mask)) *
@@ -468,10 +459,10 @@ def test_transformer_gradients_match_torch():
 
 @pytest.mark.torch
 def test_torch_state_dict_loads_into_seq2seq_transformer_part():
-    torch = _torch()
+    torch = torch_or_skip()
     c = TransformerConfig()
     theirs = torch.nn.Transformer(c.d_model, c.nhead, 3, 3, c.dim_feedforward, batch_first=True)
     model = Seq2SeqTransformer(c)
-    _load_from_torch(model.transformer, theirs)
+    load_from_torch(model.transformer, theirs)
     np.testing.assert_array_equal(model.transformer.encoder.layers[2].linear2.weight.data,
                                   theirs.encoder.layers[2].linear2.weight.detach().numpy())
