@@ -33,6 +33,8 @@ def main(argv=None):
     parser.add_argument('--quick', action='store_true', help='small grid, few repeats (a smoke run)')
     parser.add_argument('--only', default='', help='run the benchmark modules whose name contains this')
     parser.add_argument('--out', default='bench/results/latest.json')
+    parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
+                        help="'cpu': time by process CPU time (steadier ratios when the machine is shared)")
     args = parser.parse_args(argv)
     here = Path(__file__).parent
     rows = []
@@ -41,7 +43,7 @@ def main(argv=None):
             continue
         cases = importlib.import_module(f'bench.{mod}').cases(quick=args.quick)
         for case in cases:
-            row = measure(case, repeats=3 if args.quick else 15)
+            row = measure(case, repeats=3 if args.quick else 15, clock=args.clock)
             rows.append(row)
             print(f"{row['group']:<28} {row['name']:<34} ours {_fmt(row['ours_ms'], '9.3f')} ms  "
                   f"{row['ref'] or 'ref':>6} {_fmt(row['ref_ms'], '9.3f')} ms  ratio {_fmt(row['ratio'], '6.2f')}  "
@@ -51,7 +53,7 @@ def main(argv=None):
     import numpy
     meta = dict(date=datetime.date.today().isoformat(), machine=platform.machine(), processor=platform.processor(),
                 cpus=os.cpu_count(), python=platform.python_version(), numpy=numpy.__version__,
-                torch=torch.__version__ if torch else None, threads=1)
+                torch=torch.__version__ if torch else None, threads=1, clock=args.clock)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix('.tmp')

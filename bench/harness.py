@@ -4,7 +4,8 @@ A benchmark module `bench/bench_<topic>.py` defines `cases(quick: bool) -> list[
 against `ref` (PyTorch where installed, or another reference such as a naive implementation). For each of
 `repeats` rounds the harness calls ours then ref (the order alternates each round), each `number` times, and
 records the per-call time; the reported ratio is the median of the per-round ratios ours/ref (paired, so that
-machine noise that hits both cancels out).
+machine noise that hits both cancels out). `python -m bench --clock cpu` times by the process's CPU time instead of
+elapsed time: on a shared, loaded machine its ratios are much steadier (time lost waiting for a core is not counted).
 """
 import gc
 import statistics
@@ -31,15 +32,19 @@ def _calls_for(fn, budget=0.02) -> int:
     return max(1, min(10_000, int(budget / max(dt, 1e-7))))
 
 
-def _time(fn, number: int) -> float:
-    t0 = time.perf_counter()
+CLOCKS = dict(wall=time.perf_counter,   # elapsed time: what a user waits for (the default)
+              cpu=time.process_time)     # this process's CPU time: far steadier on a shared, loaded machine
+
+
+def _time(fn, number: int, clock=time.perf_counter) -> float:
+    t0 = clock()
     for _ in range(number):
         fn()
-    return (time.perf_counter() - t0) / number
+    return (clock() - t0) / number
 
 
-def measure(case: Case, repeats: int = 15) -> dict:
-    "Time one case; returns a row for the table."
+def measure(case: Case, repeats: int = 15, clock: str = 'wall') -> dict:
+    "Time one case with the `clock` named in CLOCKS ('wall' or 'cpu'); returns a row for the table."
     repeats = case.repeats or repeats
     case.ours()                                   # warm up (caches, lazy allocations)
     if case.ref: case.ref()
@@ -54,7 +59,7 @@ def measure(case: Case, repeats: int = 15) -> dict:
             got = {}
             for who, fn, k in pair:
                 if fn is not None:
-                    got[who] = _time(fn, k)
+                    got[who] = _time(fn, k, CLOCKS[clock])
             ours.append(got['ours'])
             if 'ref' in got:
                 refs.append(got['ref']); ratios.append(got['ours'] / got['ref'])
@@ -63,7 +68,7 @@ def measure(case: Case, repeats: int = 15) -> dict:
     row = dict(group=case.group, name=case.name, ours_ms=statistics.median(ours) * 1e3,
                ref=case.ref_name if case.ref else None,
                ref_ms=statistics.median(refs) * 1e3 if refs else None,
-               ratio=statistics.median(ratios) if ratios else None, target=case.target)
+               ratio=statistics.median(ratios) if ratios else None, target=case.target, clock=clock)
     row['met'] = None if row['ratio'] is None or case.target is None else row['ratio'] <= case.target
     row.update(case.extra)
     return row

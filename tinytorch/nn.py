@@ -610,15 +610,15 @@ class CrossEntropyFunction(Function):
     @staticmethod
     def forward(ctx, logits, t, valid, label_smoothing=0.0, reduction='mean'):
         rows = np.arange(logits.shape[0])
-        z = logits - _row_max(logits)[:, None]                   # (N, C), every entry <= 0
-        e = np.exp(z)
-        s = _row_sum(e)                                           # (N,), at least 1
-        lse = np.log(s)                                           # logsumexp of z
-        loss = (1.0 - label_smoothing) * (lse - z[rows, t])      # -log p(target)
+        m = _row_max(logits)                                      # (N,)
+        e = np.subtract(logits, m[:, None])                       # (N, C), every entry <= 0 ...
+        s = _row_sum(np.exp(e, out=e))                            # ... then e^(z - m), in place; (N,), at least 1
+        log_s = np.log(s)                                         # logsumexp(z) = m + log_s
+        loss = (1.0 - label_smoothing) * (log_s - (logits[rows, t] - m))       # -log p(target)
         if label_smoothing:
-            loss += label_smoothing * (lse - _row_mean(z)[:, 0])  # -mean over classes of log p
+            loss += label_smoothing * (log_s - (_row_mean(logits)[:, 0] - m))  # -mean over classes of log p
         loss[~valid] = 0.0
-        ctx.save_for_backward(e, s, t, valid)
+        ctx.save_for_backward(logits, m, s, t, valid)             # not e: the backward recomputes it
         ctx.label_smoothing, ctx.reduction, ctx.count = label_smoothing, reduction, int(valid.sum())
         if reduction == 'none':
             return loss
@@ -629,13 +629,15 @@ class CrossEntropyFunction(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        e, s, t, valid = ctx.saved_tensors
+        logits, m, s, t, valid = ctx.saved_tensors
         eps = ctx.label_smoothing
         scale = grad / max(ctx.count, 1) if ctx.reduction == 'mean' else grad
         coef = np.broadcast_to(scale, valid.shape) * valid        # (N,): zero on ignored rows
-        gx = e * (coef / s)[:, None]                              # coef * softmax
+        gx = np.subtract(logits, m[:, None])                      # (N, C)
+        np.exp(gx, out=gx)                                        # e^(z - m), recomputed in place
+        gx *= (coef / s)[:, None]                                 # coef * softmax
         if eps:
-            gx -= (coef * (eps / e.shape[1]))[:, None]
+            gx -= (coef * (eps / logits.shape[1]))[:, None]
         gx[np.arange(len(t)), t] -= coef * (1.0 - eps)
         return gx
 
