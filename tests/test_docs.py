@@ -320,8 +320,20 @@ class Watch:
         p, e = self.page, self.errors
         p.on('console', lambda m: e.append(f'console {m.type}: {m.text}') if m.type == 'error' else None)
         p.on('pageerror', lambda x: e.append(f'page error: {x}'))
-        p.on('requestfailed', lambda r: e.append(f'request failed: {r.url} ({r.failure})'))
+        p.on('requestfailed', self._failed)
         p.on('response', lambda r: e.append(f'HTTP {r.status}: {r.url}') if r.status >= 400 else None)
+
+    def _failed(self, request):
+        """A failed request is an error, except one the browser cancelled itself (net::ERR_ABORTED: the page moved
+        on before, say, the favicon arrived, as happens on a busy machine) whose URL the site does serve."""
+        if 'ERR_ABORTED' in (request.failure or '') and urlparse(request.url).hostname == '127.0.0.1':
+            try:
+                with urllib.request.urlopen(request.url, timeout=30) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+        self.errors.append(f'request failed: {request.url} ({request.failure})')
 
     def _route(self, r):
         if urlparse(r.request.url).hostname == '127.0.0.1' or r.request.url.startswith(('data:', 'blob:')):
