@@ -217,6 +217,7 @@ def test_a_damaged_checkpoint_is_one_clear_error_naming_the_path(tmp_path, good_
     message = str(e.value)
     assert str(path) in message and 'tinytorch checkpoint' in message
     assert 'allow_pickle' not in message                  # no advice to unpickle an untrusted file
+    assert ('pickled' in message) == (kind == 'pickle')   # a text or damaged file is not called a pickle
     assert isinstance(e.value, ValueError)
     assert all(np.array_equal(v, before[k]) for k, v in model.state_dict().items())   # nothing half-loaded
 

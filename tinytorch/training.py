@@ -290,10 +290,22 @@ def _read_checkpoint(path: Path) -> tuple:
     except CheckpointError:
         raise
     except Exception as e:        # zip, CRC, header, JSON, UTF-8, pickle refusals: all the same for the user
-        why = ('it holds pickled Python objects, which are never loaded (loading them can run any code)'
-               if 'pickle' in str(e) else f'{type(e).__name__}: {str(e)[:120] or "no detail"}')
+        if 'pickle' in str(e):    # NumPy's fallback for any file that is neither .npz nor .npy
+            why = ('it holds pickled Python objects, which are never loaded (loading them can run any code)'
+                   if _starts_with(path, b'\x80') else 'it is neither a .npz archive nor a .npy array')
+        else:
+            why = f'{type(e).__name__}: {str(e)[:120] or "no detail"}'
         raise CheckpointError(f"{path} is not a readable tinytorch checkpoint: the file is damaged or of another "
                               f"kind ({why})") from None
+
+
+def _starts_with(path, magic: bytes) -> bool:
+    "Whether the file at `path` begins with `magic` (False when it cannot be read)."
+    try:
+        with open(path, 'rb') as f:
+            return f.read(len(magic)) == magic
+    except OSError:
+        return False
 
 
 def _with_defaults(saved: dict, model) -> dict:
