@@ -10,7 +10,8 @@ specific to this course.
    captions (`#| fig-cap:`, else the section they illustrate), and each module page links its student notebook.
    An API page per module is left to mkdocstrings (`::: tinytorch.<module>`, docstrings only, no source).
 3. It runs `mkdocs build` (the repository's `mkdocs.yml`, plus the nav in course order: every `nbs/NN_*.ipynb`),
-   and scans every file of the built site, search index included, for every solution line and hidden test of
+   adds each module page's staged Markdown where the package's module docstrings link it (nbdev writes
+   `Docs: <site>/attention.html.md` into `tinytorch/attention.py`; `markdown_twin`), and scans every file of the built site, search index included, for every solution line and hidden test of
    `nbs/` (`find_leaks`): a build that would leak one fails, and the previous site is left in place.
 """
 import copy
@@ -30,6 +31,7 @@ from pathlib import Path
 
 import nbformat
 import yaml
+from nbdev.config import nbpath2html
 
 from .notebooks import course_notebooks, exercises, nbgrader_meta, public_lines, secret_lines
 
@@ -410,6 +412,12 @@ def find_leaks(site, nbs=None, lines=None) -> list:
 
 
 # --------------------------------------------------------------------------------------------------------- build
+def markdown_twin(stem: str) -> str:
+    """Where nbdev's `Docs:` line in a module's docstring points, relative to the site: `06_attention` ->
+    `attention.html.md` (nbdev's `nbpath2html` rule plus `.md`). The site serves the student page's Markdown there."""
+    return nbpath2html(Path(stem)).as_posix() + '.md'
+
+
 def _pages(nbs: Path) -> list:
     "The site's sources in course order: `index.ipynb`, every `NN_*.ipynb`, then the `.qmd`/`.md` pages."
     first = [nbs / 'index.ipynb'] if (nbs / 'index.ipynb').exists() else []
@@ -472,6 +480,9 @@ def build(nbs='nbs', out='_site', cache='_docs_cache', execute: bool = True, job
     if run.returncode:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f'mkdocs build failed:\n{run.stderr[-4000:]}')
+    for page in report:                  # the pages' Markdown where nbdev's module docstrings link them
+        if page['module']:
+            shutil.copyfile(docs / f"{page['name']}.md", tmp / markdown_twin(page['name']))
 
     leaks = find_leaks(tmp, nbs)
     if leaks:

@@ -121,6 +121,23 @@ def test_api_page_per_module_from_docstrings(site, built):
     assert 'np.add.at(g, ctx.index, grad)' not in text           # docstrings, never source
 
 
+def test_module_docstring_links_resolve(site):
+    "nbdev ends each module's docstring with `Docs: <site_url>attention.html.md`: the site serves that file."
+    site_url = re.search(r'^site_url:\s*(\S+)', (ROOT / 'mkdocs.yml').read_text(), re.M).group(1)
+    links = {}
+    for py in sorted((ROOT / 'tinytorch').glob('*.py')):
+        m = re.search(r'^Docs: (\S+?)"*$', py.read_text(encoding='utf-8'), re.M)
+        if m:
+            links[py.name] = m.group(1)
+    assert len(links) >= len(course_notebooks(NBS)), links
+    for name, url in links.items():
+        assert url.startswith(site_url), (name, url, site_url)
+        target = site / url[len(site_url):]
+        assert target.is_file(), f'{name} links {url}, which the site does not have'
+        text = target.read_text(encoding='utf-8')
+        assert text.startswith('# ') and 'BEGIN SOLUTION' not in text, (name, text[:200])
+
+
 def test_figures_have_captions(site, pages):
     assert sum(p['figures'] for p in pages.values()) >= 10
     for page in pages.values():
