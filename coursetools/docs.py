@@ -228,7 +228,7 @@ def stage_notebook(path: Path, executed, text: str, names: set, out: Path) -> di
         _log(f'{path.name}: the executed copy does not match the notebook cell for cell; no outputs shown')
         executed = None
     ex_names = exercises(instructor) if module else {}
-    stem, title, section, blocks, figures = path.stem, None, None, [], []
+    stem, title, section, blocks, figures, captioned = path.stem, None, None, [], [], []
     download = None
     if module:
         (out / 'notebooks').mkdir(exist_ok=True)
@@ -244,6 +244,7 @@ def stage_notebook(path: Path, executed, text: str, names: set, out: Path) -> di
         else:
             (out / name).write_bytes(base64.b64decode(payload))
         figures.append(name)
+        captioned.append(bool(caption))
         caption = caption or (f'{section}' if section else title)
         cap = f'Figure {len(figures)}. {caption}'
         return (f'<figure markdown="span">\n  ![{html.escape(cap)}]({name})\n'
@@ -295,7 +296,8 @@ def stage_notebook(path: Path, executed, text: str, names: set, out: Path) -> di
             for o in _safe_outputs(executed.cells[i].get('outputs', [])):
                 blocks.append(_output_md(o, lambda data, ext: figure(data, ext, cap)))
     (out / f'{stem}.md').write_text('\n\n'.join(b for b in blocks if b.strip()) + '\n', encoding='utf-8')
-    return dict(name=stem, title=title or stem, figures=len(figures), download=download, module=module)
+    return dict(name=stem, title=title or stem, figures=len(figures), captioned=sum(captioned), download=download,
+                module=module)
 
 
 def stage_markdown(path: Path, names: set, out: Path, exercise_md: str) -> dict:
