@@ -990,6 +990,106 @@ def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
     assert 'tried to open the database' in rows['forger']['flags']
 
 
+# ---------------------------------------------------------------------------------------------- withheld solutions
+
+W = '06_attention'        # a module with modules before it (graded with it) and after it (importing from it)
+# Ways a solution cell could take the reference package's own solutions inside a grading kernel: `{m}` is the graded
+# module (tinytorch.<m>), `{names}` what the instructor's solution cell defines, `{take}` copies them out of `ref`
+# (a module or a dict). Each must fail in the sandbox.
+ROUTES = {
+    'from-import': 'from tinytorch.{m} import {names}',
+    'package-attribute': 'import tinytorch\nref = vars(tinytorch.{m})\n{take}',
+    'importlib': 'import importlib\nref = vars(importlib.import_module("tinytorch.{m}"))\n{take}',
+    'source-text': 'import pathlib, tinytorch\nref = {{"__name__": "copied", "__package__": "tinytorch"}}\n'
+                   'exec(pathlib.Path(tinytorch.__file__).with_name("{m}.py").read_text(), ref)\n{take}',
+    'bytecode': 'import glob, marshal, os, tinytorch\nref = {{"__name__": "copied", "__package__": "tinytorch"}}\n'
+                'pyc = glob.glob(os.path.join(os.path.dirname(tinytorch.__file__), "__pycache__", "{m}.*.pyc"))[0]\n'
+                'exec(marshal.loads(open(pyc, "rb").read()[16:]), ref)\n{take}',
+    'modidx': 'import importlib.util, os, tinytorch\nfrom tinytorch._modidx import d\n'
+              'rel = next(iter(d["syms"]["tinytorch.{m}"].values()))[1]\n'
+              'spec = importlib.util.spec_from_file_location("tinytorch.copied", os.path.join(os.path.dirname('
+              'os.path.dirname(tinytorch.__file__)), rel))\n'
+              'mod = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(mod)\nref = vars(mod)\n{take}',
+    'getsource': 'import inspect, tinytorch\nref = {{"__name__": "copied", "__package__": "tinytorch"}}\n'
+                 'exec(inspect.getsource(tinytorch.{m}), ref)\n{take}',
+    'later-module': 'import importlib\nref = {{}}\nfor later in {later!r}:\n'
+                    '    ref.update(vars(importlib.import_module("tinytorch." + later)))\n{take}',
+}
+
+
+def borrowed(solution_cells, module, later, offset) -> dict:
+    """{grade_id: code}: solution cell i takes its names from the reference package through route i + offset.
+    The `later-module` route only for a cell whose names a later module imports."""
+    import importlib
+    routes = list(ROUTES)
+    found = {}
+    for i, (gid, names) in enumerate(solution_cells.items()):
+        route = routes[(i + offset) % len(routes)]
+        if route == 'later-module' and not all(any(hasattr(importlib.import_module(f'tinytorch.{l}'), n)
+                                                   for l in later) for n in names):
+            route = routes[(i + offset + 1) % len(routes)]
+        take = '\n'.join(f'{n} = ref[{n!r}]' for n in names)
+        found[gid] = (route, ROUTES[route].format(m=module, names=', '.join(names), take=take, later=later))
+    return found
+
+
+@pytest.mark.slow
+def test_reference_solutions_are_withheld(tmp_path):
+    """A grading kernel imports the reference package (each module graded on its own), whose graded module holds
+    that module's solutions. In the sandbox the graded module and every later one are withheld, and no compiled
+    copy is left: solution cells that take the reference code through any route in ROUTES score as an untouched
+    notebook (0 on every graded cell), flagged where they touched a withheld module; the honest solution, which
+    imports the modules before it, keeps full marks."""
+    import py_compile
+    from coursetools.autograding import bindings
+    from coursetools.notebooks import module_name
+    source_nb = load(ROOT / 'nbs' / f'{W}.ipynb')
+    module = module_name(source_nb)
+    later = [module_name(load(p)) for p in NOTEBOOKS if p.stem > W]
+    # the bytecode route needs a compiled copy where an instructor's checkout would have one
+    py_compile.compile(str(ROOT / 'tinytorch' / f'{module}.py'), doraise=True)
+    cells = {nbgrader_meta(c)['grade_id']: sorted(bindings(source(c), kinds=('def', 'assign')))
+             for c in source_nb['cells'] if nbgrader_meta(c).get('solution')}
+    course_dir = small_course(tmp_path, [W])
+    release_nb = nbformat.read(course_dir / 'release' / W / f'{W}.ipynb', as_version=4)
+    honest = fill_solutions(copy.deepcopy(release_nb), source_nb)
+    nbformat.write(honest, tmp_path / 'honest.ipynb')
+    _submit(course_dir, W, 'honest', tmp_path / 'honest.ipynb')
+    plans = {}
+    for k, student in enumerate(['borrower_a', 'borrower_b']):
+        plans[student] = borrowed(cells, module, later, offset=k * len(cells))
+        nb = copy.deepcopy(release_nb)
+        for c in nb.cells:
+            gid = nbgrader_meta(c).get('grade_id')
+            if gid in plans[student]:
+                c.source = plans[student][gid][1]
+        nbformat.write(nb, tmp_path / f'{student}.ipynb')
+        _submit(course_dir, W, student, tmp_path / f'{student}.ipynb')
+    used = {route for plan in plans.values() for route, _ in plan.values()}
+    assert used == set(ROUTES), set(ROUTES) - used
+    report = course.autograde(course_dir, W, jobs=2, log=lambda *_: None)
+    subs = report['submissions']
+    full = sum(g['points'] for g in graded_cells(source_nb))
+    assert subs['honest']['score'] == full > 0 and not subs['honest']['flags'], subs['honest']
+    # {student: {grade_id of a solution cell: (route, points of its graded cells)}}: all 0, as the untouched release
+    got = {student: {gid: (route, sum(subs[student]['cells'][g['grade_id']] for g in graded_cells(source_nb)
+                                      if g['exercise'] == exercise_of('test_' + gid[2:])))
+                     for gid, (route, _) in plan.items()} for student, plan in plans.items()}
+    print('ROUTES', got, {s: subs[s]['score'] for s in plans})
+    assert all(subs[s]['score'] == 0 for s in plans), got
+    for student in plans:
+        assert [f for f in subs[student]['flags'] if 'withheld' in f and f'tinytorch.{module}' in f], \
+            subs[student]['flags']
+    out = _outputs_of(course_dir, W, 'borrower_a')
+    assert f'tinytorch.{module} is withheld while {W} is graded' in out, out[-2000:]
+
+
+def _outputs_of(course_dir, assignment, student) -> str:
+    nb = nbformat.read(course_dir / 'autograded' / student / assignment / f'{assignment}.ipynb', as_version=4)
+    return '\n'.join(o.get('text', '') + o.get('evalue', '') for c in nb.cells if c.cell_type == 'code'
+                     for o in c.get('outputs', []))
+
+
 @pytest.mark.slow
 def test_unsafe_no_sandbox_flags_every_submission(solved_kit, tmp_path, monkeypatch):
     """UNSAFE_NO_SANDBOX=1 grades without the sandbox and flags every submission "graded without a sandbox": in
