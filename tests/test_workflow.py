@@ -899,13 +899,15 @@ def _attacks(course_dir, port):
                 "big = np.empty(20 * 2**30, dtype=np.uint8)\nprint('allocated 20 GB')"],
         'caller': [f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)\n"
                    "s.sendall(b'hello from a grading kernel')\nprint('connected')"],
-        # an untouched notebook that prints the reference package (every module's solutions): graded 0
-        'copier': ["import inspect, tinytorch.tensor\nprint(inspect.getsource(tinytorch.tensor))"],
+        # an untouched notebook that prints the reference module and uses it: module 00 and the later ones are
+        # withheld while 00 is graded (stubs), so it prints no solution and scores 0
+        'copier': ["import inspect, tinytorch.tensor\nprint(inspect.getsource(tinytorch.tensor))\n"
+                   "print(tinytorch.tensor.Tensor)"],
     }
 
 
-def _outputs(course_dir, student) -> str:
-    nb = nbformat.read(course_dir / 'autograded' / student / A / f'{A}.ipynb', as_version=4)
+def _outputs(course_dir, student, assignment=A) -> str:
+    nb = nbformat.read(course_dir / 'autograded' / student / assignment / f'{assignment}.ipynb', as_version=4)
     return '\n'.join(o.get('text', '') + o.get('evalue', '') for c in nb.cells if c.cell_type == 'code'
                      for o in c.get('outputs', []))
 
@@ -945,13 +947,13 @@ def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
     expect = {'forger': 'tried to open the database', 'planter': 'tried to write outside its folder',
               'leaker': 'held hidden-test lines', 'forkbomb': 'started processes', 'hog': 'ran out of memory',
               'caller': 'tried to connect a socket'}
-    expect['copier'] = "held lines of the course's solutions"
+    expect['copier'] = 'tried to use the reference solutions, withheld'
     for student, flag in expect.items():
         s = subs[student]
         assert s['graded'] and s['score'] == (0 if student == 'copier' else full), (student, s['score'], s['flags'])
         assert any(flag in f for f in s['flags']), (student, flag, s['flags'])
     assert any('tried to read outside its folder' in f and 'source' in f for f in subs['leaker']['flags'])
-    assert len(subs['copier']['flags']) == 1, subs['copier']['flags']   # importing the package is no attempt
+    assert len(subs['copier']['flags']) == 1, subs['copier']['flags']   # importing and reading the stub is none
     out = {student: _outputs(course_dir, student) for student in attacks}
     assert 'forged' not in out['forger']
     assert 'planted in' not in out['planter'] and out['planter'].count('refused') == 2
@@ -966,7 +968,9 @@ def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
     assert not [h for h in hidden if h in out['leaker']], 'hidden tests left in an output of the graded notebook'
     assert 'seen: [] []' in out['leaker'], out['leaker'][-300:]     # no course, no repository, nothing of the home
     secrets = secret_lines(load(ROOT / 'nbs' / f'{A}.ipynb'))      # solutions and hidden tests
-    assert 'class Tensor' in out['copier'] and not [l for l in secrets if l in out['copier']]
+    withheld = f'tinytorch.tensor is withheld while {A} is graded'
+    assert withheld in out['copier'] and 'class Tensor' not in out['copier']
+    assert not [l for l in secrets if l in out['copier']]
 
     (course_dir / 'source' / A / 'numpy.py').write_text('raise ImportError("planted")\n')   # as if planted earlier
     victim = course.autograde(course_dir, A, students=[VICTIM], jobs=0, log=lambda *_: None)['submissions'][VICTIM]
@@ -984,7 +988,7 @@ def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
     assert 'held hidden-test lines' in html_text(pages['leaker'])
     import html
     copier = html.unescape(re.sub(r'<[^>]+>', '', Path(pages['copier']).read_text()))
-    assert 'class Tensor' in copier and not [l for l in secrets if l in copier]
+    assert withheld in copier and not [l for l in secrets if l in copier]
     rows = {r['student']: r for r in csv.DictReader(course.grades(course_dir, log=lambda *_: None).open())}
     assert float(rows[VICTIM]['total']) == full and float(rows['forger']['total']) == full
     assert 'tried to open the database' in rows['forger']['flags']
@@ -1039,7 +1043,8 @@ def test_reference_solutions_are_withheld(tmp_path):
     that module's solutions. In the sandbox the graded module and every later one are withheld, and no compiled
     copy is left: solution cells that take the reference code through any route in ROUTES score as an untouched
     notebook (0 on every graded cell), flagged where they touched a withheld module; the honest solution, which
-    imports the modules before it, keeps full marks."""
+    imports the modules before it, keeps full marks. The modules before it stay readable: printing one's source
+    (module 00's solutions) is scrubbed and flagged."""
     import py_compile
     from coursetools.autograding import bindings
     from coursetools.notebooks import module_name
@@ -1050,7 +1055,7 @@ def test_reference_solutions_are_withheld(tmp_path):
     py_compile.compile(str(ROOT / 'tinytorch' / f'{module}.py'), doraise=True)
     cells = {nbgrader_meta(c)['grade_id']: sorted(bindings(source(c), kinds=('def', 'assign')))
              for c in source_nb['cells'] if nbgrader_meta(c).get('solution')}
-    course_dir = small_course(tmp_path, [W])
+    course_dir = small_course(tmp_path, [A, W])       # module 00 in source/: its solution lines are scrubbed
     release_nb = nbformat.read(course_dir / 'release' / W / f'{W}.ipynb', as_version=4)
     honest = fill_solutions(copy.deepcopy(release_nb), source_nb)
     nbformat.write(honest, tmp_path / 'honest.ipynb')
@@ -1063,6 +1068,9 @@ def test_reference_solutions_are_withheld(tmp_path):
             gid = nbgrader_meta(c).get('grade_id')
             if gid in plans[student]:
                 c.source = plans[student][gid][1]
+        if student == 'borrower_b':
+            nb.cells.append(nbformat.v4.new_code_cell('import inspect, tinytorch.tensor\n'
+                                                      'print(inspect.getsource(tinytorch.tensor))'))
         nbformat.write(nb, tmp_path / f'{student}.ipynb')
         _submit(course_dir, W, student, tmp_path / f'{student}.ipynb')
     used = {route for plan in plans.values() for route, _ in plan.values()}
@@ -1075,19 +1083,16 @@ def test_reference_solutions_are_withheld(tmp_path):
     got = {student: {gid: (route, sum(subs[student]['cells'][g['grade_id']] for g in graded_cells(source_nb)
                                       if g['exercise'] == exercise_of('test_' + gid[2:])))
                      for gid, (route, _) in plan.items()} for student, plan in plans.items()}
-    print('ROUTES', got, {s: subs[s]['score'] for s in plans})
     assert all(subs[s]['score'] == 0 for s in plans), got
     for student in plans:
         assert [f for f in subs[student]['flags'] if 'withheld' in f and f'tinytorch.{module}' in f], \
             subs[student]['flags']
-    out = _outputs_of(course_dir, W, 'borrower_a')
+    out = _outputs(course_dir, 'borrower_a', W)
     assert f'tinytorch.{module} is withheld while {W} is graded' in out, out[-2000:]
+    out = _outputs(course_dir, 'borrower_b', W)
+    assert 'class Tensor' in out and not [l for l in secret_lines(load(ROOT / 'nbs' / f'{A}.ipynb')) if l in out]
+    assert [f for f in subs['borrower_b']['flags'] if "held lines of the course's solutions" in f]
 
-
-def _outputs_of(course_dir, assignment, student) -> str:
-    nb = nbformat.read(course_dir / 'autograded' / student / assignment / f'{assignment}.ipynb', as_version=4)
-    return '\n'.join(o.get('text', '') + o.get('evalue', '') for c in nb.cells if c.cell_type == 'code'
-                     for o in c.get('outputs', []))
 
 
 @pytest.mark.slow
