@@ -10,7 +10,8 @@ Autograding a submission, in nbgrader's two passes:
   cells re-inserted, and every change a grader should know about recorded as a *flag* (edited or deleted locked
   cells, reordered cells, cells that redefine or patch the test helpers);
 - executing (`AUTOGRADE`): `GradingExecute` runs the notebook in a kernel whose environment cannot see a student's
-  package (no PYTHONPATH: `tinytorch` is the reference package, so module N is graded on its own), with a per-cell
+  package (no PYTHONPATH: `tinytorch` is the reference package, so module N is graded on its own; in the sandbox
+  the reference code of module N and of the later ones is withheld, coursetools/sandbox.py), with a per-cell
   timeout, guard cells that restore the test helpers before each graded cell (coursetools/guard.py), and a
   kernel that dies (`os._exit`, a crash) or hangs failing the rest of the notebook instead of the whole batch;
   `LimitOutputSize` caps huge outputs; `RecordFlags` writes the flags into the notebook (metadata and a note
@@ -343,7 +344,7 @@ class Restructure(NbGraderPreprocessor):
         release_nb, source_nb, plan = _course_notebooks(root / 'release' / info['assignment'] / name,
                                                         root / 'source' / info['assignment'] / name)
         nb = restructure(nb, release_nb, source_nb, plan)
-        nb.metadata[META]['protect']['notebook'] = info['notebook']      # the package module it grades, by name
+        nb.metadata[META]['protect']['notebook'] = info['notebook']   # the sandbox withholds its module, later ones
         return nb, resources
 
 
@@ -442,11 +443,11 @@ def audit_flags(records: list, sandboxed: bool, completed: bool, max_processes: 
     if 'withheld' in seen:
         found.append('tried to use the reference solutions, withheld while this module is graded: '
                      f"{listing(str(r.get('module')) + '.' + str(r.get('name')) for r in seen['withheld'])}: "
-                     'an ImportError, graded as not written')
+                     'it got an ImportError')
     if 'sys.addaudithook' in seen:
         found.append('tried to add its own audit hook (which sees the tests\' code): refused')
-    if 'junk' in seen or any(k not in ('open', 'write', 'database', 'connect', 'process', 'withheld', 'sys.addaudithook')
-                             for k in seen):
+    known = ('open', 'write', 'database', 'connect', 'process', 'withheld', 'sys.addaudithook')
+    if 'junk' in seen or any(k not in known for k in seen):
         found.append("wrote into the grader's audit channel")
     if completed and not any(isinstance(r, dict) and r.get('event') == END for r in records):
         found.append("the grader's audit channel was closed or silenced before the end: later attempts are not "
