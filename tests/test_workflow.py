@@ -997,14 +997,14 @@ def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- withheld solutions
 
-W = '06_attention'        # a module with modules before it (graded with it) and after it (importing from it)
+W = '06_attention'        # a module with modules before it (which it uses) and after it (which import from it)
 # Ways a solution cell could take the reference package's own solutions inside a grading kernel: `{m}` is the graded
-# module (tinytorch.<m>), `{names}` what the instructor's solution cell defines, `{take}` copies them out of `ref`
-# (a module or a dict). Each must fail in the sandbox.
+# module (tinytorch.<m>), `{names}` what the instructor's solution cell defines, `{attrs}` / `{take}` copy them out
+# of the module / the dict `ref`. Each must fail in the sandbox.
 ROUTES = {
     'from-import': 'from tinytorch.{m} import {names}',
-    'package-attribute': 'import tinytorch\nref = vars(tinytorch.{m})\n{take}',
-    'importlib': 'import importlib\nref = vars(importlib.import_module("tinytorch.{m}"))\n{take}',
+    'package-attribute': 'import tinytorch\nref = tinytorch.{m}\n{attrs}',
+    'importlib': 'import importlib\nref = importlib.import_module("tinytorch.{m}")\n{attrs}',
     'source-text': 'import pathlib, tinytorch\nref = {{"__name__": "copied", "__package__": "tinytorch"}}\n'
                    'exec(pathlib.Path(tinytorch.__file__).with_name("{m}.py").read_text(), ref)\n{take}',
     'bytecode': 'import glob, marshal, os, tinytorch\nref = {{"__name__": "copied", "__package__": "tinytorch"}}\n'
@@ -1014,7 +1014,7 @@ ROUTES = {
               'rel = next(iter(d["syms"]["tinytorch.{m}"].values()))[1]\n'
               'spec = importlib.util.spec_from_file_location("tinytorch.copied", os.path.join(os.path.dirname('
               'os.path.dirname(tinytorch.__file__)), rel))\n'
-              'mod = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(mod)\nref = vars(mod)\n{take}',
+              'ref = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(ref)\n{attrs}',
     'getsource': 'import inspect, tinytorch\nref = {{"__name__": "copied", "__package__": "tinytorch"}}\n'
                  'exec(inspect.getsource(tinytorch.{m}), ref)\n{take}',
     'later-module': 'import importlib\nref = {{}}\nfor later in {later!r}:\n'
@@ -1023,8 +1023,8 @@ ROUTES = {
 
 
 def borrowed(solution_cells, module, later, offset) -> dict:
-    """{grade_id: code}: solution cell i takes its names from the reference package through route i + offset.
-    The `later-module` route only for a cell whose names a later module imports."""
+    """{grade_id: (route, code)}: solution cell i takes its names from the reference package through route
+    i + offset (`later-module` only for a cell whose names a later module imports)."""
     routes = list(ROUTES)
     found = {}
     for i, (gid, names) in enumerate(solution_cells.items()):
@@ -1032,8 +1032,9 @@ def borrowed(solution_cells, module, later, offset) -> dict:
         if route == 'later-module' and not all(any(hasattr(importlib.import_module(f'tinytorch.{l}'), n)
                                                    for l in later) for n in names):
             route = routes[(i + offset + 1) % len(routes)]
-        take = '\n'.join(f'{n} = ref[{n!r}]' for n in names)
-        found[gid] = (route, ROUTES[route].format(m=module, names=', '.join(names), take=take, later=later))
+        take, attrs = '\n'.join(f'{n} = ref[{n!r}]' for n in names), '\n'.join(f'{n} = ref.{n}' for n in names)
+        found[gid] = (route, ROUTES[route].format(m=module, names=', '.join(names), take=take, attrs=attrs,
+                                                  later=later))
     return found
 
 
