@@ -10,7 +10,8 @@ Autograding a submission, in nbgrader's two passes:
   cells re-inserted, and every change a grader should know about recorded as a *flag* (edited or deleted locked
   cells, reordered cells, cells that redefine or patch the test helpers);
 - executing (`AUTOGRADE`): `GradingExecute` runs the notebook in a kernel whose environment cannot see a student's
-  package (no PYTHONPATH: `tinytorch` is the reference package, so module N is graded on its own), with a per-cell
+  package (no PYTHONPATH: `tinytorch` is the reference package, so module N is graded on its own; in the sandbox
+  the reference code of module N and of the later ones is withheld, coursetools/sandbox.py), with a per-cell
   timeout, guard cells that restore the test helpers before each graded cell (coursetools/guard.py), and a
   kernel that dies (`os._exit`, a crash) or hangs failing the rest of the notebook instead of the whole batch;
   `LimitOutputSize` caps huge outputs; `RecordFlags` writes the flags into the notebook (metadata and a note
@@ -46,7 +47,7 @@ from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, Clea
 
 from . import sandbox
 from .guard import AUDIT_FD, END
-from .notebooks import parse_cell
+from .notebooks import module_name, parse_cell
 from .release import ExerciseStubs, LockGivenCells, strip_locked_marker
 
 META = 'tinytorch'                      # notebook metadata: what the grader found
@@ -232,7 +233,7 @@ def protection(release_nb, source_nb) -> dict:
                 if isinstance(node, ast.Import):
                     modules.update(a.asname or a.name.split('.')[0] for a in node.names)
     return {'capture': capture, 'helpers': sorted(helpers), 'patchable': sorted(modules | PATCH_ROOTS),
-            'imports': imported}
+            'imports': imported, 'module': module_name(source_nb)}
 
 
 # ---------------------------------------------------------------------------------------------- sanitizing
@@ -342,7 +343,9 @@ class Restructure(NbGraderPreprocessor):
         name = f"{info['notebook']}.ipynb"
         release_nb, source_nb, plan = _course_notebooks(root / 'release' / info['assignment'] / name,
                                                         root / 'source' / info['assignment'] / name)
-        return restructure(nb, release_nb, source_nb, plan), resources
+        nb = restructure(nb, release_nb, source_nb, plan)
+        nb.metadata[META]['protect']['notebook'] = info['notebook']   # the sandbox withholds its module, later ones
+        return nb, resources
 
 
 _CACHE = {}
@@ -437,10 +440,14 @@ def audit_flags(records: list, sandboxed: bool, completed: bool, max_processes: 
         what += f': {listing(commands)}' if commands else ''
         found.append(f'started processes ({what})' + (f': at most {max_processes} at once in the sandbox'
                                                       if sandboxed else after))
+    if 'withheld' in seen:
+        found.append('tried to use the reference solutions, withheld while this module is graded: '
+                     f"{listing(str(r.get('module')) + '.' + str(r.get('name')) for r in seen['withheld'])}: "
+                     'it got an ImportError')
     if 'sys.addaudithook' in seen:
         found.append('tried to add its own audit hook (which sees the tests\' code): refused')
-    if 'junk' in seen or any(k not in ('open', 'write', 'database', 'connect', 'process', 'sys.addaudithook')
-                             for k in seen):
+    known = ('open', 'write', 'database', 'connect', 'process', 'withheld', 'sys.addaudithook')
+    if 'junk' in seen or any(k not in known for k in seen):
         found.append("wrote into the grader's audit channel")
     if completed and not any(isinstance(r, dict) and r.get('event') == END for r in records):
         found.append("the grader's audit channel was closed or silenced before the end: later attempts are not "
@@ -549,6 +556,9 @@ class GradingExecute(Execute):
             env['TMPDIR'] = str(top / 'home')
         else:
             kernel_dir, env = top / 'work', sandbox_env(self.threads)
+            plan = nb.metadata.get(META, {}).get('protect') or {}
+            # the reference package's solutions of this module and the later ones stay out (sandbox.package_view)
+            box.withhold(plan.get('module'), plan.get('notebook'), top / 'withheld')
             shutil.copytree(workdir, kernel_dir, dirs_exist_ok=True, symlinks=True)
             box.prepare(top / 'work', top / 'ipc', top / 'home')
         env.update(sandbox.home_env(top / 'home'))   # a fresh home: caches and history, the same in both modes

@@ -193,6 +193,17 @@ def _audit():
     sys.addaudithook(hook)
 
 
+def withheld(module: str, name: str):
+    """A module withheld by the sandbox (a stub of coursetools/sandbox.py) was asked for `name`: recorded, which
+    flags the submission."""
+    if len(_hook) == 2:
+        try:
+            os.write(_hook[1], json.dumps({'event': 'withheld', 'module': str(module)[:80],
+                                          'name': str(name)[:80]}).encode() + b'\n')
+        except OSError:
+            pass
+
+
 def finish():
     "The last cell: the end marker (a missing one means the channel was closed, or the kernel stopped early)."
     if len(_hook) == 2:

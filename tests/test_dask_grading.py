@@ -65,15 +65,18 @@ PROBE = 'import os\nprint("outside visible:", os.path.exists({!r}))'
 
 def submissions(course_dir, cases, probe=None):
     """Place notebooks in submitted/: 'solved', 'cheat' (flags, a failed test), 'crash' (the kernel dies), 'copier'
-    (the untouched release, printing module 01's reference source: its solutions). `probe`: a path whose
-    existence 'copier' prints (absent in the sandbox)."""
+    (the untouched release, printing and using module 01's reference source, which the sandbox withholds while 00
+    is graded, and printing a solution line of module 01 it made up from pieces). `probe`: a path whose existence
+    'copier' prints (absent in the sandbox)."""
     solved = _solved(course_dir)
     for sid in cases:
         nb = copy.deepcopy(solved)
         if sid == 'copier':
             nb = nbformat.read(course_dir / 'release' / A / f'{A}.ipynb', as_version=4)
+            line = sorted(secret_lines(load(ROOT / 'nbs' / f'{B}.ipynb')))[0]
             _add_after(nb, 'test_00_01_unbroadcast',
-                       'import inspect, tinytorch.nn\nprint(inspect.getsource(tinytorch.nn))')
+                       'import inspect, tinytorch.nn\nprint(inspect.getsource(tinytorch.nn))\n'
+                       f'print("".join(reversed({line[::-1]!r})))\nprint(tinytorch.nn.Linear)')
             if probe:
                 _add_after(nb, 'test_00_01_unbroadcast', PROBE.format(str(probe)))
         elif sid == 'cheat':
@@ -198,6 +201,7 @@ def test_scheduler_grades_like_nbgrader_in_the_sandbox(tmp_path):
     assert any('kernel died' in f for f in subs['crash']['flags']) and 0 < subs['crash']['score'] < full
     assert subs['copier']['score'] == 0
     assert [f for f in subs['copier']['flags'] if "held lines of the course's solutions" in f], subs['copier']
+    assert [f for f in subs['copier']['flags'] if 'withheld' in f and 'tinytorch.nn.Linear' in f], subs['copier']
     states = {d: gradebook_state(d) for d in (remote, plain)}
     for sid in cases:                    # nbgrader in place does not set `flagged` (course.autograde does)
         mine = {k: v for k, v in states[remote][sid].items() if k != 'flagged'}
@@ -209,7 +213,8 @@ def test_scheduler_grades_like_nbgrader_in_the_sandbox(tmp_path):
     secrets = secret_lines(load(ROOT / 'nbs' / f'{B}.ipynb'))
     copied = {d: _outputs(d, 'copier') for d in (remote, plain)}
     assert copied[remote] == copied[plain] and 'outside visible: False' in copied[remote], copied[remote][:300]
-    assert 'class ' in copied[remote] and not [l for l in secrets if l in copied[remote]]
+    assert f'tinytorch.nn is withheld while {A} is graded' in copied[remote] and 'class ' not in copied[remote]
+    assert not [l for l in secrets if l in copied[remote]]
     for d in (remote, plain):
         course.feedback(d, A, log=lambda *_: None)
     for sid in cases:

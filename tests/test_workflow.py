@@ -15,6 +15,7 @@ several tests could be graded once per worker).
 """
 import copy
 import csv
+import importlib
 import json
 import os
 import re
@@ -899,13 +900,15 @@ def _attacks(course_dir, port):
                 "big = np.empty(20 * 2**30, dtype=np.uint8)\nprint('allocated 20 GB')"],
         'caller': [f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=3)\n"
                    "s.sendall(b'hello from a grading kernel')\nprint('connected')"],
-        # an untouched notebook that prints the reference package (every module's solutions): graded 0
-        'copier': ["import inspect, tinytorch.tensor\nprint(inspect.getsource(tinytorch.tensor))"],
+        # an untouched notebook that prints the reference module and uses it: module 00 and the later ones are
+        # withheld while 00 is graded (stubs), so it prints no solution and scores 0
+        'copier': ["import inspect, tinytorch.tensor\nprint(inspect.getsource(tinytorch.tensor))\n"
+                   "print(tinytorch.tensor.Tensor)"],
     }
 
 
-def _outputs(course_dir, student) -> str:
-    nb = nbformat.read(course_dir / 'autograded' / student / A / f'{A}.ipynb', as_version=4)
+def _outputs(course_dir, student, assignment=A) -> str:
+    nb = nbformat.read(course_dir / 'autograded' / student / assignment / f'{assignment}.ipynb', as_version=4)
     return '\n'.join(o.get('text', '') + o.get('evalue', '') for c in nb.cells if c.cell_type == 'code'
                      for o in c.get('outputs', []))
 
@@ -945,13 +948,13 @@ def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
     expect = {'forger': 'tried to open the database', 'planter': 'tried to write outside its folder',
               'leaker': 'held hidden-test lines', 'forkbomb': 'started processes', 'hog': 'ran out of memory',
               'caller': 'tried to connect a socket'}
-    expect['copier'] = "held lines of the course's solutions"
+    expect['copier'] = 'tried to use the reference solutions, withheld'
     for student, flag in expect.items():
         s = subs[student]
         assert s['graded'] and s['score'] == (0 if student == 'copier' else full), (student, s['score'], s['flags'])
         assert any(flag in f for f in s['flags']), (student, flag, s['flags'])
     assert any('tried to read outside its folder' in f and 'source' in f for f in subs['leaker']['flags'])
-    assert len(subs['copier']['flags']) == 1, subs['copier']['flags']   # importing the package is no attempt
+    assert len(subs['copier']['flags']) == 1, subs['copier']['flags']   # importing and reading the stub is none
     out = {student: _outputs(course_dir, student) for student in attacks}
     assert 'forged' not in out['forger']
     assert 'planted in' not in out['planter'] and out['planter'].count('refused') == 2
@@ -966,7 +969,9 @@ def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
     assert not [h for h in hidden if h in out['leaker']], 'hidden tests left in an output of the graded notebook'
     assert 'seen: [] []' in out['leaker'], out['leaker'][-300:]     # no course, no repository, nothing of the home
     secrets = secret_lines(load(ROOT / 'nbs' / f'{A}.ipynb'))      # solutions and hidden tests
-    assert 'class Tensor' in out['copier'] and not [l for l in secrets if l in out['copier']]
+    withheld = f'tinytorch.tensor is withheld while {A} is graded'
+    assert withheld in out['copier'] and 'class Tensor' not in out['copier']
+    assert not [l for l in secrets if l in out['copier']]
 
     (course_dir / 'source' / A / 'numpy.py').write_text('raise ImportError("planted")\n')   # as if planted earlier
     victim = course.autograde(course_dir, A, students=[VICTIM], jobs=0, log=lambda *_: None)['submissions'][VICTIM]
@@ -984,10 +989,191 @@ def test_attacks_on_the_grader_are_contained(solved_kit, tmp_path):
     assert 'held hidden-test lines' in html_text(pages['leaker'])
     import html
     copier = html.unescape(re.sub(r'<[^>]+>', '', Path(pages['copier']).read_text()))
-    assert 'class Tensor' in copier and not [l for l in secrets if l in copier]
+    assert withheld in copier and not [l for l in secrets if l in copier]
     rows = {r['student']: r for r in csv.DictReader(course.grades(course_dir, log=lambda *_: None).open())}
     assert float(rows[VICTIM]['total']) == full and float(rows['forger']['total']) == full
     assert 'tried to open the database' in rows['forger']['flags']
+
+
+# ---------------------------------------------------------------------------------------------- withheld solutions
+
+W = '06_attention'        # a module with modules before it (which it uses) and after it (which import from it)
+# Ways a solution cell could take the reference package's own solutions inside a grading kernel: `{m}` is the graded
+# module (tinytorch.<m>), `{names}` what the instructor's solution cell defines, `{attrs}` / `{take}` copy them out
+# of the module / the dict `ref`. Each must fail in the sandbox.
+ROUTES = {
+    'from-import': 'from tinytorch.{m} import {names}',
+    'package-attribute': 'import tinytorch\nref = tinytorch.{m}\n{attrs}',
+    'importlib': 'import importlib\nref = importlib.import_module("tinytorch.{m}")\n{attrs}',
+    'source-text': 'import pathlib, tinytorch\nref = {{"__name__": "copied", "__package__": "tinytorch"}}\n'
+                   'exec(pathlib.Path(tinytorch.__file__).with_name("{m}.py").read_text(), ref)\n{take}',
+    'bytecode': 'import glob, marshal, os, tinytorch\nref = {{"__name__": "copied", "__package__": "tinytorch"}}\n'
+                'pyc = glob.glob(os.path.join(os.path.dirname(tinytorch.__file__), "__pycache__", "{m}.*.pyc"))[0]\n'
+                'exec(marshal.loads(open(pyc, "rb").read()[16:]), ref)\n{take}',
+    'modidx': 'import importlib.util, os, tinytorch\nfrom tinytorch._modidx import d\n'
+              'rel = next(iter(d["syms"]["tinytorch.{m}"].values()))[1]\n'
+              'spec = importlib.util.spec_from_file_location("tinytorch.copied", os.path.join(os.path.dirname('
+              'os.path.dirname(tinytorch.__file__)), rel))\n'
+              'ref = importlib.util.module_from_spec(spec)\nspec.loader.exec_module(ref)\n{attrs}',
+    'getsource': 'import inspect, tinytorch\nref = {{"__name__": "copied", "__package__": "tinytorch"}}\n'
+                 'exec(inspect.getsource(tinytorch.{m}), ref)\n{take}',
+    'later-module': 'import importlib\nref = {{}}\nfor later in {later!r}:\n'
+                    '    ref.update(vars(importlib.import_module("tinytorch." + later)))\n{take}',
+}
+
+
+def borrowed(solution_cells, module, later, offset) -> dict:
+    """{grade_id: (route, code)}: solution cell i takes its names from the reference package through route
+    i + offset (`later-module` only for a cell whose names a later module imports)."""
+    routes = list(ROUTES)
+    found = {}
+    for i, (gid, names) in enumerate(solution_cells.items()):
+        route = routes[(i + offset) % len(routes)]
+        if route == 'later-module' and not all(any(hasattr(importlib.import_module(f'tinytorch.{l}'), n)
+                                                   for l in later) for n in names):
+            route = routes[(i + offset + 1) % len(routes)]
+        take, attrs = '\n'.join(f'{n} = ref[{n!r}]' for n in names), '\n'.join(f'{n} = ref.{n}' for n in names)
+        found[gid] = (route, ROUTES[route].format(m=module, names=', '.join(names), take=take, attrs=attrs,
+                                                  later=later))
+    return found
+
+
+@pytest.mark.slow
+def test_reference_solutions_are_withheld(tmp_path):
+    """A grading kernel imports the reference package (each module graded on its own), whose graded module holds
+    that module's solutions. In the sandbox the graded module and every later one are withheld, and no compiled
+    copy is left: solution cells that take the reference code through any route in ROUTES score as an untouched
+    notebook (0 on every graded cell), flagged where they touched a withheld module; the honest solution, which
+    imports the modules before it, keeps full marks. The modules before it stay readable: printing one's source
+    (module 00's solutions) is scrubbed and flagged."""
+    import py_compile
+    from coursetools.autograding import bindings
+    from coursetools.notebooks import module_name
+    source_nb = load(ROOT / 'nbs' / f'{W}.ipynb')
+    module = module_name(source_nb)
+    later = [module_name(load(p)) for p in NOTEBOOKS if p.stem > W]
+    # the bytecode route needs a compiled copy where an instructor's checkout would have one
+    py_compile.compile(str(ROOT / 'tinytorch' / f'{module}.py'), doraise=True)
+    cells = {nbgrader_meta(c)['grade_id']: sorted(bindings(source(c), kinds=('def', 'assign')))
+             for c in source_nb['cells'] if nbgrader_meta(c).get('solution')}
+    course_dir = small_course(tmp_path, [A, W])       # module 00 in source/: its solution lines are scrubbed
+    release_nb = nbformat.read(course_dir / 'release' / W / f'{W}.ipynb', as_version=4)
+    honest = fill_solutions(copy.deepcopy(release_nb), source_nb)
+    nbformat.write(honest, tmp_path / 'honest.ipynb')
+    _submit(course_dir, W, 'honest', tmp_path / 'honest.ipynb')
+    plans = {}
+    for k, student in enumerate(['borrower_a', 'borrower_b']):
+        plans[student] = borrowed(cells, module, later, offset=k * len(cells))
+        nb = copy.deepcopy(release_nb)
+        for c in nb.cells:
+            gid = nbgrader_meta(c).get('grade_id')
+            if gid in plans[student]:
+                c.source = plans[student][gid][1]
+        if student == 'borrower_b':
+            nb.cells.append(nbformat.v4.new_code_cell('import inspect, tinytorch.tensor\n'
+                                                      'print(inspect.getsource(tinytorch.tensor))'))
+        nbformat.write(nb, tmp_path / f'{student}.ipynb')
+        _submit(course_dir, W, student, tmp_path / f'{student}.ipynb')
+    used = {route for plan in plans.values() for route, _ in plan.values()}
+    assert used == set(ROUTES), set(ROUTES) - used
+    report = course.autograde(course_dir, W, jobs=2, log=lambda *_: None)
+    subs = report['submissions']
+    full = sum(g['points'] for g in graded_cells(source_nb))
+    assert subs['honest']['score'] == full > 0 and not subs['honest']['flags'], subs['honest']
+    # {student: {grade_id of a solution cell: (route, points of its graded cells)}}: all 0, as the untouched release
+    got = {student: {gid: (route, sum(subs[student]['cells'][g['grade_id']] for g in graded_cells(source_nb)
+                                      if g['exercise'] == exercise_of('test_' + gid[2:])))
+                     for gid, (route, _) in plan.items()} for student, plan in plans.items()}
+    assert all(subs[s]['score'] == 0 for s in plans), got
+    for student in plans:
+        assert [f for f in subs[student]['flags'] if 'withheld' in f and f'tinytorch.{module}' in f], \
+            subs[student]['flags']
+    out = _outputs(course_dir, 'borrower_a', W)
+    assert f'tinytorch.{module} is withheld while {W} is graded' in out, out[-2000:]
+    out = _outputs(course_dir, 'borrower_b', W)
+    assert 'class Tensor' in out and not [l for l in secret_lines(load(ROOT / 'nbs' / f'{A}.ipynb')) if l in out]
+    assert [f for f in subs['borrower_b']['flags'] if "held lines of the course's solutions" in f]
+
+
+
+def _binds(args) -> dict:
+    "{target: source} of the --ro-bind arguments of a bwrap command line."
+    return {args[i + 2]: args[i + 1] for i, a in enumerate(args) if a == '--ro-bind'}
+
+
+def test_package_view_withholds_the_graded_module_and_the_later_ones(tmp_path):
+    """What a grading kernel sees of the package: the graded module and every later one (by the notebook nbdev's
+    header names) as stubs, copies of them under other names left out, `__pycache__` with the kept modules' compiled
+    files only; the stub imports, defines nothing, and says why on any name."""
+    import importlib.util
+    from coursetools.sandbox import package_view
+    pkg = tmp_path / 'pkg'
+    (pkg / '__pycache__').mkdir(parents=True)
+    (pkg / '.ipynb_checkpoints').mkdir()
+    header = '"""doc"""\n\n# AUTOGENERATED! DO NOT EDIT! File to edit: ../nbs/{}.ipynb.\n\ndef f():\n    return {!r}\n'
+    for name, nb in [('a', '00_a'), ('b', '01_b'), ('c', '02_c'), ('b_old', '01_b')]:
+        (pkg / f'{name}.py').write_text(header.format(nb, name))
+    (pkg / 'b.py~').write_text(header.format('01_b', 'b'))
+    (pkg / '.ipynb_checkpoints' / 'b-checkpoint.py').write_text(header.format('01_b', 'b'))
+    (pkg / '__init__.py').write_text('from .a import *\nfrom .b import *\nfrom .c import *\n')
+    (pkg / '_modidx.py').write_text('d = {}\n')
+    for pyc in ['a.cpython-311.pyc', '__init__.cpython-311.pyc', 'b.cpython-311.pyc', 'b.cpython-311.opt-1.pyc',
+                'c.cpython-312.pyc', 'gone.cpython-311.pyc']:
+        (pkg / '__pycache__' / pyc).write_bytes(b'compiled')
+    args, withheld = package_view(pkg, 'b', '01_b', tmp_path / 'view')
+    assert withheld == ['b', 'b_old', 'c']
+    binds = _binds(args)
+    assert set(binds) == {str(pkg / n) for n in ['__init__.py', '_modidx.py', 'a.py', 'b.py', 'b_old.py', 'c.py',
+                                                  '__pycache__']}
+    assert all(binds[str(pkg / n)] == str(pkg / n) for n in ['__init__.py', '_modidx.py', 'a.py'])
+    assert sorted(p.name for p in Path(binds[str(pkg / '__pycache__')]).iterdir()) == \
+        ['__init__.cpython-311.pyc', 'a.cpython-311.pyc']
+    assert args[:4] == ['--perms', '0755', '--tmpfs', str(pkg)] and args[-2:] == ['--remount-ro', str(pkg)]
+    stubs = {n: Path(binds[str(pkg / f'{n}.py')]) for n in withheld}
+    assert not [n for n, p in stubs.items() if 'return' in p.read_text()]
+    spec = importlib.util.spec_from_file_location('tinytorch.b', stubs['b'])
+    b = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(b)
+    assert b.__all__ == [] and not hasattr(b, '__wrapped__')
+    with pytest.raises(ImportError, match="tinytorch.b is withheld while 01_b is graded: your notebook's own cells"):
+        b.f
+    assert 'tinytorch.c is withheld while 01_b is graded: it comes after 01_b' in stubs['c'].read_text()
+
+
+def test_grading_kernel_sees_the_modules_before_the_graded_one_only(tmp_path):
+    """In the sandbox, grading 06_attention: `import tinytorch` works and gives every name of the modules before it
+    (none of attention's and later ones'); the withheld modules raise an ImportError saying why."""
+    from coursetools import sandbox
+    import tinytorch
+    modules = sandbox.exported_modules(ROOT / 'tinytorch')
+    box = sandbox.Sandbox()
+    top = sandbox.scratch()
+    try:
+        assert box.withhold('attention', modules['attention'], top / 'withheld') == \
+            [m for m in sorted(modules) if modules[m] >= modules['attention']]
+        box.prepare(top / 'work', top / 'ipc', top / 'home')
+        code = ('import json, os, tinytorch\n'
+                'out = {"names": sorted(n for n in dir(tinytorch) if not n.startswith("_")),\n'
+                '       "cache": os.listdir(os.path.join(os.path.dirname(tinytorch.__file__), "__pycache__"))}\n'
+                'for stmt in ["from tinytorch.attention import causal_mask", "tinytorch.transformer.GPT", '
+                '"from tinytorch.nn import Linear"]:\n'
+                '    try:\n        exec(stmt)\n        out[stmt] = "ok"\n'
+                '    except ImportError as e:\n        out[stmt] = str(e)\nprint(json.dumps(out))')
+        r = subprocess.run(box.command([sys.executable, '-c', code], top / 'work', top / 'ipc', top / 'home'),
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        out = json.loads(r.stdout)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+    before = [m for m in modules if modules[m] < modules['attention']]
+    kept = {n for m in before for n in getattr(importlib.import_module(f'tinytorch.{m}'), '__all__', [])}
+    assert kept and kept <= set(out['names']) <= {n for n in dir(tinytorch) if not n.startswith('_')}
+    assert not ({'MultiheadAttention', 'causal_mask', 'GPT'} & set(out['names']))
+    assert not [f for f in out['cache'] if f.split('.')[0] not in set(before) | {'__init__', '_modidx'}]
+    assert out['from tinytorch.attention import causal_mask'] == \
+        "tinytorch.attention is withheld while 06_attention is graded: your notebook's own cells define it."
+    assert out['tinytorch.transformer.GPT'].startswith('tinytorch.transformer is withheld while 06_attention is')
+    assert out['from tinytorch.nn import Linear'] == 'ok'
 
 
 @pytest.mark.slow
@@ -1031,6 +1217,7 @@ def test_audit_records_become_flags():
     records = [{'event': 'open', 'path': f'/c/source/{i}'} for i in range(5)] + [
         {'event': 'write', 'path': '/c/gradebook.db'}, {'event': 'connect', 'address': "('127.0.0.1', 80)"},
         {'event': 'process', 'how': 'os.fork', 'what': "''"}, {'event': 'process', 'how': 'os.fork'},
+        {'event': 'withheld', 'module': 'tinytorch.attention', 'name': 'causal_mask'},
         {'event': 'sys.addaudithook'}, 'not json', {'event': 'end'}]
     found = audit_flags(records, sandboxed=True, completed=True, max_processes=64)
     assert found[0] == 'tried to read outside its folder: `/c/source/0`, `/c/source/1`, `/c/source/2` (and 2 more)' \
@@ -1038,6 +1225,8 @@ def test_audit_records_become_flags():
     assert found[1:] == ['tried to write outside its folder: `/c/gradebook.db`: the sandbox stopped it',
                          "tried to connect a socket to `('127.0.0.1', 80)`: the sandbox has no network",
                          'started processes (os.fork x2): at most 64 at once in the sandbox',
+                         'tried to use the reference solutions, withheld while this module is graded: '
+                         '`tinytorch.attention.causal_mask`: it got an ImportError',
                          "tried to add its own audit hook (which sees the tests' code): refused",
                          "wrote into the grader's audit channel"]
     assert audit_flags([{'event': 'end'}], True, True, 64) == []
