@@ -71,9 +71,10 @@ def test_forward_and_grads_match_composed(shape):
         np.testing.assert_allclose(a.grad, b.grad, atol=1e-5)
 
 
+@pytest.mark.parametrize('need_weights', [True, False])   # False: the scores are kept packed and unnormalised
 @pytest.mark.parametrize('blocks', ['default', 'small'])
 @pytest.mark.parametrize('masks', ['none', 'causal', 'padding', 'causal+padding', 'float', 'bool 4-D'])
-def test_gradcheck(blocks, masks, request):
+def test_gradcheck(blocks, masks, need_weights, request):
     if blocks == 'small':
         request.getfixturevalue('small_blocks')
     q, k, v = randn(2, 3, 7, 4, dtype=np.float64), randn(2, 3, 7, 4, dtype=np.float64), randn(2, 3, 7, 2, dtype=np.float64)
@@ -82,7 +83,7 @@ def test_gradcheck(blocks, masks, request):
     kw = {'none': {}, 'causal': dict(is_causal=True), 'padding': dict(key_padding_mask=pad),
           'causal+padding': dict(is_causal=True, key_padding_mask=pad), 'float': dict(attn_mask=randn(7, 7, dtype=np.float64)),
           'bool 4-D': dict(attn_mask=RNG.random((2, 3, 7, 7)) < 0.3)}[masks]
-    gradcheck(lambda a, b, c: sdpa(a, b, c, **kw)[0], q, k, v)
+    gradcheck(lambda a, b, c: sdpa(a, b, c, need_weights=need_weights, **kw)[0], q, k, v)
 
 
 def test_gradcheck_cross_attention_and_scale():
@@ -91,10 +92,30 @@ def test_gradcheck_cross_attention_and_scale():
     gradcheck(lambda a, b, c: sdpa(a, b, c, is_causal=True)[0], q, k, v)     # L < S: the last keys are never seen
 
 
-def test_gradcheck_dropout_with_a_fixed_generator(small_blocks):
+@pytest.mark.parametrize('need_weights', [True, False])
+def test_gradcheck_dropout_with_a_fixed_generator(small_blocks, need_weights):
     q, k, v = (randn(1, 2, 5, 3, dtype=np.float64) for _ in range(3))
-    fn = lambda a, b, c: sdpa(a, b, c, dropout_p=0.3, is_causal=True, generator=np.random.default_rng(1))[0]
+    fn = lambda a, b, c: sdpa(a, b, c, dropout_p=0.3, is_causal=True, generator=np.random.default_rng(1),
+                              need_weights=need_weights)[0]
     gradcheck(fn, q, k, v)
+
+
+@pytest.mark.parametrize('dropout_p', [0.0, 0.4])
+@pytest.mark.parametrize('blocks', ['default', 'small'])
+def test_training_path_matches_the_weights_path(blocks, dropout_p, request):
+    "Without need_weights the backward reads packed, unnormalised scores: same output and gradients in float32."
+    if blocks == 'small':
+        request.getfixturevalue('small_blocks')
+    q, k, v, g = randn(2, 3, 9, 4), randn(2, 3, 9, 4), randn(2, 3, 9, 5), randn(2, 3, 9, 5)
+    results = []
+    for need_weights in (True, False):
+        ts = [Tensor(a, requires_grad=True) for a in (q, k, v)]
+        out = sdpa(*ts, is_causal=True, dropout_p=dropout_p, generator=np.random.default_rng(3),
+                   need_weights=need_weights)[0]
+        out.backward(g)
+        results.append([out.data] + [t.grad for t in ts])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_blocking_does_not_change_results(monkeypatch):
