@@ -374,6 +374,71 @@ def test_mha_gradcheck():
     gradcheck(lambda a: mha(a, a, a, is_causal=True)[0], randn(2, 3, 6))
 
 
+@pytest.mark.parametrize('is_causal', [True, False])
+def test_self_attention_gradcheck(is_causal):
+    "The packed operation's gradients, into x and into the input projection's weight and bias, in float64."
+    manual_seed(0)
+    mha = MultiheadAttention(6, 3, batch_first=True)
+    gradcheck(lambda a: attention.self_attention(mha, a, is_causal=is_causal), randn(2, 4, 6))
+    gradcheck(lambda a, w, b: _self_attention_with(3, a, w, b, is_causal), randn(2, 4, 6), randn(18, 6), randn(18))
+
+
+def _self_attention_with(num_heads, a, w_in, b_in, is_causal):
+    "self_attention's computation before out_proj, with the input projection's weights as inputs."
+    from tinytorch.nn import linear
+    B, T, E = a.shape
+    qkv = linear(a, w_in, b_in)
+    heads = attention.SelfAttention.apply(
+        qkv, num_heads=num_heads, bias=attention._attention_bias(None, None, is_causal, (B, num_heads), T, T, qkv.dtype),
+        causal=is_causal, scale=1.0 / math.sqrt(E // num_heads), keep_weights=True)
+    return merge_heads(heads)
+
+
+@pytest.mark.parametrize('dropout', [0.0, 0.3])
+def test_self_attention_is_the_modules_function(dropout):
+    "One input GEMM and the packed operation: the output and every gradient of mha(x, x, x), dropout included."
+    manual_seed(0)
+    mha = MultiheadAttention(8, 2, dropout=dropout, batch_first=True)
+    x, g = randn(3, 7, 8), randn(3, 7, 8)
+    results = []
+    for fast in (True, False):
+        manual_seed(1)                                        # the same dropout draws on both paths
+        xt = Tensor(x, requires_grad=True)
+        out = attention.self_attention(mha, xt, is_causal=True) if fast else mha(xt, xt, xt, is_causal=True)[0]
+        mha.zero_grad()
+        out.backward(g)
+        results.append([out.data, xt.grad] + [p.grad for p in mha.parameters()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_self_attention_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match='batch_first=True'):
+        attention.self_attention(MultiheadAttention(8, 2), randn(3, 2, 8))
+    with pytest.raises(ValueError, match='embed_dim=8'):
+        attention.self_attention(MultiheadAttention(8, 2, batch_first=True), randn(3, 2, 4))
+
+
+@pytest.mark.torch
+def test_self_attention_matches_torch():
+    from conftest import torch_or_skip
+    torch = torch_or_skip()
+    torch.manual_seed(0)
+    theirs = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    ours = MultiheadAttention(8, 2, batch_first=True)
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    x, g = randn(2, 6, 8), randn(2, 6, 8)
+    tx = torch.tensor(x, requires_grad=True)
+    expected = theirs(tx, tx, tx, attn_mask=torch.from_numpy(causal_mask(6)), need_weights=False)[0]
+    expected.backward(torch.from_numpy(g))
+    xt = Tensor(x, requires_grad=True)
+    out = attention.self_attention(ours, xt, is_causal=True)
+    out.backward(g)
+    np.testing.assert_allclose(out.data, expected.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(xt.grad, tx.grad.numpy(), atol=1e-5)
+    np.testing.assert_allclose(ours.in_proj_weight.grad, theirs.in_proj_weight.grad.numpy(), atol=1e-5)
+
+
 def test_mha_parameter_gradients_match_finite_differences():
     manual_seed(0)
     mha = MultiheadAttention(4, 2, batch_first=True)

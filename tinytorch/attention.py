@@ -6,7 +6,7 @@ Docs: https://tinytorch.github.io/tinytorch/attention.html.md"""
 
 # %% auto #0
 __all__ = ['causal_mask', 'padding_mask', 'ScaledDotProductAttention', 'attend', 'scaled_dot_product_attention', 'split_heads',
-           'merge_heads', 'MultiheadAttention']
+           'merge_heads', 'MultiheadAttention', 'SelfAttention', 'self_attention']
 
 # %% ../nbs/06_attention.ipynb #a6f0c002
 import math
@@ -185,29 +185,35 @@ class ScaledDotProductAttention(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        q4, k4, v4, out4, w4, keep, packed, inv4 = ctx.saved_tensors
-        do4 = _as4d(np.ascontiguousarray(grad, dtype=q4.dtype))     # (B, H, L, Ev)
-        delta = np.einsum('bhld,bhld->bhl', do4, out4)[..., None]   # (B, H, L, 1): rowsum(P * dP) = rowsum(dO * O)
+        q4, k4, v4 = ctx.saved_tensors[:3]
         dq4, dk4, dv4 = np.empty_like(q4), np.zeros_like(k4), np.zeros_like(v4)
-        rescale = 1.0 / (1.0 - ctx.dropout_p)
-        for i, (bs, hs, rs, keys) in enumerate(ctx.blocks):
-            if packed:             # P = inv * s: the row factor goes into dO and delta, L x E numbers instead of L x S
-                inv = inv4[bs, hs, rs]
-                p, do, delta_b = packed[i], do4[bs, hs, rs] * inv, delta[bs, hs, rs] * inv
-            else:
-                p, do, delta_b = w4[bs, hs, rs, :keys], do4[bs, hs, rs], delta[bs, hs, rs]   # (G, h, R, keys) ...
-            mask = None if keep is None else keep[bs, hs, rs, :keys]
-            dk, dv = _backward_block(p, do, q4[bs, hs, rs], k4[bs, hs, :keys], v4[bs, hs, :keys],
-                                     delta_b, _scratch('scores', p.shape, q4.dtype), dq4[bs, hs, rs],
-                                     mask=mask, rescale=rescale,
-                                     drop=None if mask is None else _scratch('dropout', p.shape, q4.dtype))
-            dk4[bs, hs, :keys] += dk
-            dv4[bs, hs, :keys] += dv
-        dq4 *= ctx.scale
-        dk4 *= ctx.scale
+        _backward_blocks(ctx, grad, dq4, dk4, dv4)
         (q_shape, k_shape, v_shape), need = ctx.shapes, ctx.needs_input_grad
         return (dq4.reshape(q_shape) if need[0] else None, dk4.reshape(k_shape) if need[1] else None,
                 dv4.reshape(v_shape) if need[2] else None)
+
+
+def _backward_blocks(ctx, grad, dq4, dk4, dv4):
+    "The backward of `ScaledDotProductAttention.forward`, written into dq4 and added into dk4 and dv4 (zeros)."
+    q4, k4, v4, out4, w4, keep, packed, inv4 = ctx.saved_tensors
+    do4 = _as4d(np.ascontiguousarray(grad, dtype=q4.dtype))     # (B, H, L, Ev)
+    delta = np.einsum('bhld,bhld->bhl', do4, out4)[..., None]   # (B, H, L, 1): rowsum(P * dP) = rowsum(dO * O)
+    rescale = 1.0 / (1.0 - ctx.dropout_p)
+    for i, (bs, hs, rs, keys) in enumerate(ctx.blocks):
+        if packed:             # P = inv * s: the row factor goes into dO and delta, L x E numbers instead of L x S
+            inv = inv4[bs, hs, rs]
+            p, do, delta_b = packed[i], do4[bs, hs, rs] * inv, delta[bs, hs, rs] * inv
+        else:
+            p, do, delta_b = w4[bs, hs, rs, :keys], do4[bs, hs, rs], delta[bs, hs, rs]   # (G, h, R, keys) ...
+        mask = None if keep is None else keep[bs, hs, rs, :keys]
+        dk, dv = _backward_block(p, do, q4[bs, hs, rs], k4[bs, hs, :keys], v4[bs, hs, :keys],
+                                 delta_b, _scratch('scores', p.shape, q4.dtype), dq4[bs, hs, rs],
+                                 mask=mask, rescale=rescale,
+                                 drop=None if mask is None else _scratch('dropout', p.shape, q4.dtype))
+        dk4[bs, hs, :keys] += dk
+        dv4[bs, hs, :keys] += dv
+    dq4 *= ctx.scale
+    dk4 *= ctx.scale
 
 # %% ../nbs/06_attention.ipynb #a6f0c037
 def _mask_values(mask, name: str) -> np.ndarray:
@@ -466,3 +472,41 @@ class MultiheadAttention(Module):
         extra = '' if self._qkv_same_embed_dim else f', kdim={self.kdim}, vdim={self.vdim}'
         return (f'embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}, '
                 f'bias={self.in_proj_bias is not None}{extra}, batch_first={self.batch_first}')
+
+# %% ../nbs/06_attention.ipynb #a6f0c055b
+class SelfAttention(Function):
+    "`ScaledDotProductAttention` with q, k and v packed in one (B, T, 3E) array, the input projection's output."
+
+    @staticmethod
+    def forward(ctx, qkv, num_heads, bias=None, causal=False, scale=1.0, dropout_p=0.0, rng=None, keep_weights=False):
+        B, T, E3 = qkv.shape
+        heads = qkv.reshape(B, T, 3, num_heads, E3 // (3 * num_heads)).transpose(2, 0, 3, 1, 4)   # 3 x (B, H, T, d)
+        ctx.qkv_shape = qkv.shape
+        return ScaledDotProductAttention.forward(ctx, *heads, bias=bias, causal=causal, scale=scale,
+                                                 dropout_p=dropout_p, rng=rng, keep_weights=keep_weights)
+
+    @staticmethod
+    def backward(ctx, grad):
+        B, T, E3 = ctx.qkv_shape
+        H = ctx.saved_tensors[0].shape[1]
+        g = np.zeros((B, T, 3, H, E3 // (3 * H)), dtype=ctx.saved_tensors[0].dtype)   # dQ, dK, dV side by side
+        _backward_blocks(ctx, grad, *g.transpose(2, 0, 3, 1, 4))
+        return g.reshape(ctx.qkv_shape)
+
+
+def self_attention(attn: MultiheadAttention, x, is_causal: bool = False) -> Tensor:
+    "`attn(x, x, x, is_causal=is_causal)[0]` for batch-first `x` (B, T, E): one input GEMM and one packed operation."
+    if not (attn.batch_first and attn._qkv_same_embed_dim):
+        raise ValueError("self_attention needs a MultiheadAttention with batch_first=True and the stacked "
+                         "in_proj_weight (kdim = vdim = embed_dim); call the module itself otherwise")
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    if x.ndim != 3 or x.shape[-1] != attn.embed_dim:
+        raise ValueError(f"x must have shape (batch, length, embed_dim={attn.embed_dim}), got {x.shape}")
+    (B, T, E), H = x.shape, attn.num_heads
+    qkv = linear(x, attn.in_proj_weight, attn.in_proj_bias)                    # (B, T, 3E): W^Q, W^K, W^V at once
+    p = attn.dropout if attn.training else 0.0
+    heads = SelfAttention.apply(qkv, num_heads=H, bias=_attention_bias(None, None, is_causal, (B, H), T, T, qkv.dtype),
+                                causal=bool(is_causal), scale=1.0 / math.sqrt(E // H), dropout_p=p,
+                                rng=default_generator() if p else None,
+                                keep_weights=is_grad_enabled() and qkv.requires_grad)   # (B, H, T, d)
+    return attn.out_proj(merge_heads(heads))
