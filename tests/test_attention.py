@@ -100,6 +100,15 @@ def test_gradcheck_dropout_with_a_fixed_generator(small_blocks, need_weights):
     gradcheck(fn, q, k, v)
 
 
+@pytest.mark.parametrize('need_weights', [True, False])
+def test_no_queries_give_zero_gradients(need_weights):
+    "With L = 0 no block runs; the backward's uninitialised gradient buffers must still come back as zeros."
+    q, k, v = (Tensor(a, requires_grad=True) for a in (randn(2, 0, 4), randn(2, 3, 4), randn(2, 3, 5)))
+    out = sdpa(q, k, v, need_weights=need_weights)[0]
+    out.backward(np.zeros(out.shape, np.float32))
+    assert not k.grad.any() and not v.grad.any() and q.grad.shape == (2, 0, 4)
+
+
 @pytest.mark.parametrize('dropout_p', [0.0, 0.4])
 @pytest.mark.parametrize('blocks', ['default', 'small'])
 def test_training_path_matches_the_weights_path(blocks, dropout_p, request):

@@ -186,7 +186,7 @@ class ScaledDotProductAttention(Function):
     @staticmethod
     def backward(ctx, grad):
         q4, k4, v4 = ctx.saved_tensors[:3]
-        dq4, dk4, dv4 = np.empty_like(q4), np.zeros_like(k4), np.zeros_like(v4)
+        dq4, dk4, dv4 = np.empty_like(q4), np.empty_like(k4), np.empty_like(v4)
         _backward_blocks(ctx, grad, dq4, dk4, dv4)
         (q_shape, k_shape, v_shape), need = ctx.shapes, ctx.needs_input_grad
         return (dq4.reshape(q_shape) if need[0] else None, dk4.reshape(k_shape) if need[1] else None,
@@ -194,26 +194,36 @@ class ScaledDotProductAttention(Function):
 
 
 def _backward_blocks(ctx, grad, dq4, dk4, dv4):
-    "The backward of `ScaledDotProductAttention.forward`, written into dq4 and added into dk4 and dv4 (zeros)."
+    "The backward of `ScaledDotProductAttention.forward`, written into dq4, dk4 and dv4 (which may be uninitialised)."
     q4, k4, v4, out4, w4, keep, packed, inv4 = ctx.saved_tensors
     do4 = _as4d(np.ascontiguousarray(grad, dtype=q4.dtype))     # (B, H, L, Ev)
     delta = np.einsum('bhld,bhld->bhl', do4, out4)[..., None]   # (B, H, L, 1): rowsum(P * dP) = rowsum(dO * O)
-    rescale = 1.0 / (1.0 - ctx.dropout_p)
-    for i, (bs, hs, rs, keys) in enumerate(ctx.blocks):
-        if packed:             # P = inv * s: the row factor goes into dO and delta, L x E numbers instead of L x S
-            inv = inv4[bs, hs, rs]
-            p, do, delta_b = packed[i], do4[bs, hs, rs] * inv, delta[bs, hs, rs] * inv
-        else:
-            p, do, delta_b = w4[bs, hs, rs, :keys], do4[bs, hs, rs], delta[bs, hs, rs]   # (G, h, R, keys) ...
+    if packed:         # P = inv * s: inv and the scale go into dO and delta, L x E numbers instead of L x S
+        r = inv4 * q4.dtype.type(ctx.scale)
+        do4, delta = do4 * r, delta * r                           # then dZ comes out scaled, and dV scale times too
+    rescale, seen = 1.0 / (1.0 - ctx.dropout_p), set()
+    if not ctx.blocks:                                           # no queries (L = 0): no gradient reaches k and v
+        dk4[...], dv4[...] = 0, 0
+    for i in reversed(range(len(ctx.blocks))):                  # the last row block of a causal group sees every key
+        bs, hs, rs, keys = ctx.blocks[i]
+        p = packed[i] if packed else w4[bs, hs, rs, :keys]       # (G, h, R, keys)
         mask = None if keep is None else keep[bs, hs, rs, :keys]
-        dk, dv = _backward_block(p, do, q4[bs, hs, rs], k4[bs, hs, :keys], v4[bs, hs, :keys],
-                                 delta_b, _scratch('scores', p.shape, q4.dtype), dq4[bs, hs, rs],
+        dk, dv = _backward_block(p, do4[bs, hs, rs], q4[bs, hs, rs], k4[bs, hs, :keys], v4[bs, hs, :keys],
+                                 delta[bs, hs, rs], _scratch('scores', p.shape, q4.dtype), dq4[bs, hs, rs],
                                  mask=mask, rescale=rescale,
                                  drop=None if mask is None else _scratch('dropout', p.shape, q4.dtype))
-        dk4[bs, hs, :keys] += dk
-        dv4[bs, hs, :keys] += dv
-    dq4 *= ctx.scale
-    dk4 *= ctx.scale
+        if (bs.start, hs.start) in seen:
+            dk4[bs, hs, :keys] += dk
+            dv4[bs, hs, :keys] += dv
+        else:                                                    # a group's first block: assign, zero what it misses
+            seen.add((bs.start, hs.start))
+            dk4[bs, hs, :keys], dv4[bs, hs, :keys] = dk, dv
+            dk4[bs, hs, keys:], dv4[bs, hs, keys:] = 0, 0
+    if packed:
+        dv4 *= 1.0 / ctx.scale
+    else:
+        dq4 *= ctx.scale
+        dk4 *= ctx.scale
 
 # %% ../nbs/06_attention.ipynb #a6f0c037
 def _mask_values(mask, name: str) -> np.ndarray:
@@ -489,7 +499,7 @@ class SelfAttention(Function):
     def backward(ctx, grad):
         B, T, E3 = ctx.qkv_shape
         H = ctx.saved_tensors[0].shape[1]
-        g = np.zeros((B, T, 3, H, E3 // (3 * H)), dtype=ctx.saved_tensors[0].dtype)   # dQ, dK, dV side by side
+        g = np.empty((B, T, 3, H, E3 // (3 * H)), dtype=ctx.saved_tensors[0].dtype)   # dQ, dK, dV side by side
         _backward_blocks(ctx, grad, *g.transpose(2, 0, 3, 1, 4))
         return g.reshape(ctx.qkv_shape)
 
