@@ -1,11 +1,12 @@
-"""`python -m bench.lm_profile [--steps N] [--clock user|cpu] [--torch]`: where module 09's training step spends its time.
+"""`python -m bench.lm_profile [--steps N] [--clock user|cpu] [--torch] [--products]`: where module 09's step spends its time.
 
 The step is `bench_lm`'s (model `lm_config(2048, 'full')`, 16 windows of 128 tokens, cross-entropy, backward, clipping,
 Adam), one BLAS thread. Every `Function` class is timed on its own, forward and backward, plus the optimiser, the
 gradient clipping and `zero_grad`; the table gives milliseconds per step and calls per step. `--clock user` (the
 default) counts this process's user CPU time only: on a shared machine it leaves out waiting for a core and the
 kernel's page-fault work, which moves with the allocator's state rather than with our code. `--torch` adds
-PyTorch's profile of the same network (`bench_lm`'s reference), its operators by self CPU time.
+PyTorch's profile of the same network (`bench_lm`'s reference), its operators by self CPU time. `--products`
+replays the step's matrix products alone, in NumPy and in PyTorch: what the step costs before any elementwise work.
 A profiler, not a benchmark: the instrumentation costs a few percent; `python -m bench --only lm` gives the ratio.
 """
 import os
@@ -121,11 +122,53 @@ def torch_profile(steps: int = 10, top: int = 15):
     return [(e.key, e.self_cpu_time_total / 1e3 / steps, e.count // steps) for e in events]
 
 
+def products(repeats: int = 11):
+    """Every matrix product of one step (fused QKV, causal attention in two row blocks of 64 keys and 128), replayed
+    back to back in NumPy and in PyTorch: the floor under the step that no elementwise work can lower. Median ms."""
+    rng = np.random.default_rng(0)
+    config = lm_config(2048, 'full')
+    N, d, f, V = config.batch_size * config.seq_len, config.d_model, config.dim_feedforward, config.vocab_size
+    B, H, dh = config.batch_size, config.nhead, config.head_dim
+    ops = []
+
+    def mm(a_shape, b_shape, ta=False, tb=False):
+        ops.append((rng.standard_normal(a_shape).astype(np.float32), rng.standard_normal(b_shape).astype(np.float32),
+                    ta, tb))
+    for _ in range(config.num_decoder_layers):
+        mm((N, d), (3 * d, d), tb=True); mm((N, d), (d, d), tb=True)                        # in_proj, out_proj
+        mm((N, d), (f, d), tb=True); mm((N, f), (d, f), tb=True)                            # linear1, linear2
+        mm((N, 3 * d), (3 * d, d)); mm((N, 3 * d), (N, d), ta=True)                         # their gradients
+        mm((N, d), (d, d)); mm((N, d), (N, d), ta=True)
+        mm((N, d), (d, f)); mm((N, d), (N, f), ta=True); mm((N, f), (f, d)); mm((N, f), (N, d), ta=True)
+        for rows, keys in ((64, 64), (64, 128)):                                             # attention blocks
+            q, k, s = (B, H, rows, dh), (B, H, keys, dh), (B, H, rows, keys)
+            mm(q, k, tb=True); mm(s, k)                                                      # Q K^T, P V
+            mm(s, q, ta=True); mm(q, k, tb=True); mm(s, k); mm(s, q, ta=True)                # dV, dP, dQ, dK
+    mm((N, d), (V, d), tb=True); mm((N, V), (V, d)); mm((N, V), (N, d), ta=True)            # lm_head
+    now = CLOCKS['user']
+
+    def run(matmul, pairs):
+        t = now()
+        for a, b, ta, tb in pairs:
+            matmul(a.swapaxes(-1, -2) if ta else a, b.swapaxes(-1, -2) if tb else b)
+        return 1e3 * (now() - t)
+    out = dict(products=len(ops), numpy=sorted(run(np.matmul, ops) for _ in range(repeats))[repeats // 2])
+    torch = torch_or_none()
+    if torch is not None:
+        pairs = [(torch.from_numpy(a), torch.from_numpy(b), ta, tb) for a, b, ta, tb in ops]
+        swap = lambda t, yes: t.transpose(-1, -2) if yes else t
+        tops = [(swap(a, ta), swap(b, tb), False, False) for a, b, ta, tb in pairs]
+        out['torch'] = sorted(run(torch.matmul, tops) for _ in range(repeats))[repeats // 2]
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m bench.lm_profile')
     parser.add_argument('--steps', type=int, default=20)
     parser.add_argument('--clock', choices=sorted(CLOCKS), default='user')
     parser.add_argument('--torch', action='store_true', help="also print PyTorch's profile of the same step")
+    parser.add_argument('--products', action='store_true',
+                        help="also replay the step's matrix products alone, in NumPy and in PyTorch")
     args = parser.parse_args(argv)
     r = profile(args.steps, args.clock)
     print(f"module 09 full training step, 1 thread, {args.clock} time: {r['step_ms']:.1f} ms "
@@ -145,6 +188,11 @@ def main(argv=None):
             print("\nPyTorch, the same step (self CPU time per step, its profiler's clock)")
             for key, ms, count in rows:
                 print(f"{key[:56]:<56} {ms:9.2f} {count:6d}")
+    if args.products:
+        p = products()
+        torch_ms = f", PyTorch {p['torch']:.1f} ms" if 'torch' in p else ''
+        print(f"\nthe step's {p['products']} matrix products alone, back to back (user time, median of 11): "
+              f"NumPy {p['numpy']:.1f} ms{torch_ms}")
     return 0
 
 
