@@ -400,7 +400,7 @@ def _self_attention_with(num_heads, a, w_in, b_in, is_causal):
     heads = attention.SelfAttention.apply(
         qkv, num_heads=num_heads, bias=attention._attention_bias(None, None, is_causal, (B, num_heads), T, T, qkv.dtype),
         causal=is_causal, scale=1.0 / math.sqrt(E // num_heads), keep_weights=True)
-    return merge_heads(heads)
+    return heads                                                # (B, T, E): the heads come out merged
 
 
 @pytest.mark.parametrize('dropout', [0.0, 0.3])

@@ -155,10 +155,11 @@ class ScaledDotProductAttention(Function):
 
     @staticmethod
     def forward(ctx, q, k, v, bias=None, causal=False, scale=1.0, dropout_p=0.0, rng=None, weights=None,
-                keep_weights=False):
+                keep_weights=False, heads_last=False):
         q4, k4, v4 = _as4d(q), _as4d(k), _as4d(v)                  # (B, H, L, E), (B, H, S, E), (B, H, S, Ev)
         (B, H, L, _), S = q4.shape, k4.shape[-2]
-        out4 = np.empty((B, H, L, v4.shape[-1]), dtype=q4.dtype)
+        out4 = (np.empty((B, L, H, v4.shape[-1]), dtype=q4.dtype).transpose(0, 2, 1, 3) if heads_last  # merged: free
+                else np.empty((B, H, L, v4.shape[-1]), dtype=q4.dtype))
         w4 = None if weights is None else weights.reshape(B, H, L, S)   # the caller's buffer, filled in place
         blocks = list(_blocks(B, H, L, S, causal, q4.dtype.itemsize))
         packed = _packed_blocks(blocks, B, H, q4.dtype) if w4 is None and keep_weights else None
@@ -196,7 +197,9 @@ class ScaledDotProductAttention(Function):
 def _backward_blocks(ctx, grad, dq4, dk4, dv4):
     "The backward of `ScaledDotProductAttention.forward`, written into dq4, dk4 and dv4 (which may be uninitialised)."
     q4, k4, v4, out4, w4, keep, packed, inv4 = ctx.saved_tensors
-    do4 = _as4d(np.ascontiguousarray(grad, dtype=q4.dtype))     # (B, H, L, Ev)
+    do4 = _as4d(np.asarray(grad, dtype=q4.dtype))               # (B, H, L, Ev)
+    if not packed:
+        do4 = np.ascontiguousarray(do4)                          # (the packed path makes its own copy below)
     delta = np.einsum('bhld,bhld->bhl', do4, out4)[..., None]   # (B, H, L, 1): rowsum(P * dP) = rowsum(dO * O)
     if packed:         # P = inv * s: inv and the scale go into dO and delta, L x E numbers instead of L x S
         r = inv4 * q4.dtype.type(ctx.scale)
@@ -485,22 +488,23 @@ class MultiheadAttention(Module):
 
 # %% ../nbs/06_attention.ipynb #a6f0c055b
 class SelfAttention(Function):
-    "`ScaledDotProductAttention` with q, k and v packed in one (B, T, 3E) array, the input projection's output."
+    "`ScaledDotProductAttention` with q, k and v packed in one (B, T, 3E) array; the heads come out merged, (B, T, E)."
 
     @staticmethod
     def forward(ctx, qkv, num_heads, bias=None, causal=False, scale=1.0, dropout_p=0.0, rng=None, keep_weights=False):
         B, T, E3 = qkv.shape
         heads = qkv.reshape(B, T, 3, num_heads, E3 // (3 * num_heads)).transpose(2, 0, 3, 1, 4)   # 3 x (B, H, T, d)
         ctx.qkv_shape = qkv.shape
-        return ScaledDotProductAttention.forward(ctx, *heads, bias=bias, causal=causal, scale=scale,
-                                                 dropout_p=dropout_p, rng=rng, keep_weights=keep_weights)
+        out = ScaledDotProductAttention.forward(ctx, *heads, bias=bias, causal=causal, scale=scale, dropout_p=dropout_p,
+                                                rng=rng, keep_weights=keep_weights, heads_last=True)   # (B, H, T, d)
+        return out.transpose(0, 2, 1, 3).reshape(B, T, E3 // 3)   # heads merged, (B, T, E): a view, no copy
 
     @staticmethod
     def backward(ctx, grad):
         B, T, E3 = ctx.qkv_shape
         H = ctx.saved_tensors[0].shape[1]
         g = np.empty((B, T, 3, H, E3 // (3 * H)), dtype=ctx.saved_tensors[0].dtype)   # dQ, dK, dV side by side
-        _backward_blocks(ctx, grad, *g.transpose(2, 0, 3, 1, 4))
+        _backward_blocks(ctx, grad.reshape(B, T, H, -1).transpose(0, 2, 1, 3), *g.transpose(2, 0, 3, 1, 4))
         return g.reshape(ctx.qkv_shape)
 
 
@@ -518,5 +522,5 @@ def self_attention(attn: MultiheadAttention, x, is_causal: bool = False) -> Tens
     heads = SelfAttention.apply(qkv, num_heads=H, bias=_attention_bias(None, None, is_causal, (B, H), T, T, qkv.dtype),
                                 causal=bool(is_causal), scale=1.0 / math.sqrt(E // H), dropout_p=p,
                                 rng=default_generator() if p else None,
-                                keep_weights=is_grad_enabled() and qkv.requires_grad)   # (B, H, T, d)
-    return attn.out_proj(merge_heads(heads))
+                                keep_weights=is_grad_enabled() and qkv.requires_grad)   # (B, T, E), merged
+    return attn.out_proj(heads)
