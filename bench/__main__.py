@@ -33,8 +33,9 @@ def main(argv=None):
     parser.add_argument('--quick', action='store_true', help='small grid, few repeats (a smoke run)')
     parser.add_argument('--only', default='', help='run the benchmark modules whose name contains this')
     parser.add_argument('--out', default='bench/results/latest.json')
-    parser.add_argument('--clock', choices=('wall', 'cpu'), default='wall',
-                        help="'cpu': time by process CPU time (steadier ratios when the machine is shared)")
+    parser.add_argument('--clock', choices=('wall', 'cpu', 'user'), default='wall',
+                        help="'cpu': time by process CPU time (steadier ratios when the machine is shared); "
+                             "'user': its user part only (without page faults)")
     args = parser.parse_args(argv)
     here = Path(__file__).parent
     rows = []

@@ -71,9 +71,10 @@ def test_forward_and_grads_match_composed(shape):
         np.testing.assert_allclose(a.grad, b.grad, atol=1e-5)
 
 
+@pytest.mark.parametrize('need_weights', [True, False])   # False: the scores are kept packed and unnormalised
 @pytest.mark.parametrize('blocks', ['default', 'small'])
 @pytest.mark.parametrize('masks', ['none', 'causal', 'padding', 'causal+padding', 'float', 'bool 4-D'])
-def test_gradcheck(blocks, masks, request):
+def test_gradcheck(blocks, masks, need_weights, request):
     if blocks == 'small':
         request.getfixturevalue('small_blocks')
     q, k, v = randn(2, 3, 7, 4, dtype=np.float64), randn(2, 3, 7, 4, dtype=np.float64), randn(2, 3, 7, 2, dtype=np.float64)
@@ -82,7 +83,7 @@ def test_gradcheck(blocks, masks, request):
     kw = {'none': {}, 'causal': dict(is_causal=True), 'padding': dict(key_padding_mask=pad),
           'causal+padding': dict(is_causal=True, key_padding_mask=pad), 'float': dict(attn_mask=randn(7, 7, dtype=np.float64)),
           'bool 4-D': dict(attn_mask=RNG.random((2, 3, 7, 7)) < 0.3)}[masks]
-    gradcheck(lambda a, b, c: sdpa(a, b, c, **kw)[0], q, k, v)
+    gradcheck(lambda a, b, c: sdpa(a, b, c, need_weights=need_weights, **kw)[0], q, k, v)
 
 
 def test_gradcheck_cross_attention_and_scale():
@@ -91,10 +92,39 @@ def test_gradcheck_cross_attention_and_scale():
     gradcheck(lambda a, b, c: sdpa(a, b, c, is_causal=True)[0], q, k, v)     # L < S: the last keys are never seen
 
 
-def test_gradcheck_dropout_with_a_fixed_generator(small_blocks):
+@pytest.mark.parametrize('need_weights', [True, False])
+def test_gradcheck_dropout_with_a_fixed_generator(small_blocks, need_weights):
     q, k, v = (randn(1, 2, 5, 3, dtype=np.float64) for _ in range(3))
-    fn = lambda a, b, c: sdpa(a, b, c, dropout_p=0.3, is_causal=True, generator=np.random.default_rng(1))[0]
+    fn = lambda a, b, c: sdpa(a, b, c, dropout_p=0.3, is_causal=True, generator=np.random.default_rng(1),
+                              need_weights=need_weights)[0]
     gradcheck(fn, q, k, v)
+
+
+@pytest.mark.parametrize('need_weights', [True, False])
+def test_no_queries_give_zero_gradients(need_weights):
+    "With L = 0 no block runs; the backward's uninitialised gradient buffers must still come back as zeros."
+    q, k, v = (Tensor(a, requires_grad=True) for a in (randn(2, 0, 4), randn(2, 3, 4), randn(2, 3, 5)))
+    out = sdpa(q, k, v, need_weights=need_weights)[0]
+    out.backward(np.zeros(out.shape, np.float32))
+    assert not k.grad.any() and not v.grad.any() and q.grad.shape == (2, 0, 4)
+
+
+@pytest.mark.parametrize('dropout_p', [0.0, 0.4])
+@pytest.mark.parametrize('blocks', ['default', 'small'])
+def test_training_path_matches_the_weights_path(blocks, dropout_p, request):
+    "Without need_weights the backward reads packed, unnormalised scores: same output and gradients in float32."
+    if blocks == 'small':
+        request.getfixturevalue('small_blocks')
+    q, k, v, g = randn(2, 3, 9, 4), randn(2, 3, 9, 4), randn(2, 3, 9, 5), randn(2, 3, 9, 5)
+    results = []
+    for need_weights in (True, False):
+        ts = [Tensor(a, requires_grad=True) for a in (q, k, v)]
+        out = sdpa(*ts, is_causal=True, dropout_p=dropout_p, generator=np.random.default_rng(3),
+                   need_weights=need_weights)[0]
+        out.backward(g)
+        results.append([out.data] + [t.grad for t in ts])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_blocking_does_not_change_results(monkeypatch):
@@ -351,6 +381,71 @@ def test_mha_gradcheck():
     pad = np.array([[False, False, True], [False, False, False]])
     gradcheck(lambda a, m: mha(a, m, m, key_padding_mask=pad)[0], randn(2, 2, 6), randn(2, 3, 6))
     gradcheck(lambda a: mha(a, a, a, is_causal=True)[0], randn(2, 3, 6))
+
+
+@pytest.mark.parametrize('is_causal', [True, False])
+def test_self_attention_gradcheck(is_causal):
+    "The packed operation's gradients, into x and into the input projection's weight and bias, in float64."
+    manual_seed(0)
+    mha = MultiheadAttention(6, 3, batch_first=True)
+    gradcheck(lambda a: attention.self_attention(mha, a, is_causal=is_causal), randn(2, 4, 6))
+    gradcheck(lambda a, w, b: _self_attention_with(3, a, w, b, is_causal), randn(2, 4, 6), randn(18, 6), randn(18))
+
+
+def _self_attention_with(num_heads, a, w_in, b_in, is_causal):
+    "self_attention's computation before out_proj, with the input projection's weights as inputs."
+    from tinytorch.nn import linear
+    B, T, E = a.shape
+    qkv = linear(a, w_in, b_in)
+    heads = attention.SelfAttention.apply(
+        qkv, num_heads=num_heads, bias=attention._attention_bias(None, None, is_causal, (B, num_heads), T, T, qkv.dtype),
+        causal=is_causal, scale=1.0 / math.sqrt(E // num_heads), keep_weights=True)
+    return heads                                                # (B, T, E): the heads come out merged
+
+
+@pytest.mark.parametrize('dropout', [0.0, 0.3])
+def test_self_attention_is_the_modules_function(dropout):
+    "One input GEMM and the packed operation: the output and every gradient of mha(x, x, x), dropout included."
+    manual_seed(0)
+    mha = MultiheadAttention(8, 2, dropout=dropout, batch_first=True)
+    x, g = randn(3, 7, 8), randn(3, 7, 8)
+    results = []
+    for fast in (True, False):
+        manual_seed(1)                                        # the same dropout draws on both paths
+        xt = Tensor(x, requires_grad=True)
+        out = attention.self_attention(mha, xt, is_causal=True) if fast else mha(xt, xt, xt, is_causal=True)[0]
+        mha.zero_grad()
+        out.backward(g)
+        results.append([out.data, xt.grad] + [p.grad for p in mha.parameters()])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_self_attention_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match='batch_first=True'):
+        attention.self_attention(MultiheadAttention(8, 2), randn(3, 2, 8))
+    with pytest.raises(ValueError, match='embed_dim=8'):
+        attention.self_attention(MultiheadAttention(8, 2, batch_first=True), randn(3, 2, 4))
+
+
+@pytest.mark.torch
+def test_self_attention_matches_torch():
+    from conftest import torch_or_skip
+    torch = torch_or_skip()
+    torch.manual_seed(0)
+    theirs = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+    ours = MultiheadAttention(8, 2, batch_first=True)
+    ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
+    x, g = randn(2, 6, 8), randn(2, 6, 8)
+    tx = torch.tensor(x, requires_grad=True)
+    expected = theirs(tx, tx, tx, attn_mask=torch.from_numpy(causal_mask(6)), need_weights=False)[0]
+    expected.backward(torch.from_numpy(g))
+    xt = Tensor(x, requires_grad=True)
+    out = attention.self_attention(ours, xt, is_causal=True)
+    out.backward(g)
+    np.testing.assert_allclose(out.data, expected.detach().numpy(), atol=1e-5)
+    np.testing.assert_allclose(xt.grad, tx.grad.numpy(), atol=1e-5)
+    np.testing.assert_allclose(ours.in_proj_weight.grad, theirs.in_proj_weight.grad.numpy(), atol=1e-5)
 
 
 def test_mha_parameter_gradients_match_finite_differences():

@@ -506,6 +506,18 @@ def test_layer_norm_float32_matches_float64_torch_at_model_size(affine):
             np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), rtol=1e-5, atol=2e-4)
 
 
+@pytest.mark.parametrize('label_smoothing', [0.0, 0.1])
+def test_cross_entropy_backward_leaves_its_saved_exponentials_alone(label_smoothing):
+    "The backward reads the forward's e^(z - m) and must not scale it in place: a retained graph runs it again."
+    z = Tensor(randn(6, 5).astype(np.float32), requires_grad=True)
+    loss = cross_entropy(z, np.array([0, 1, 4, 2, 3, 0]), label_smoothing=label_smoothing)
+    loss.backward(retain_graph=True)
+    first = z.grad.copy()
+    z.grad = None
+    loss.backward()
+    np.testing.assert_array_equal(z.grad, first)
+
+
 def test_layer_norm_backward_leaves_its_inputs_and_saved_state_alone():
     x, g = randn(5, 8).astype(np.float32), randn(5, 8).astype(np.float32)
     g_copy = g.copy()

@@ -618,7 +618,7 @@ class CrossEntropyFunction(Function):
         if label_smoothing:
             loss += label_smoothing * (log_s - (_row_mean(logits)[:, 0] - m))  # -mean over classes of log p
         loss[~valid] = 0.0
-        ctx.save_for_backward(logits, m, s, t, valid)             # not e: the backward recomputes it
+        ctx.save_for_backward(e, s, t, valid)                     # e, not the logits: the backward needs no exp
         ctx.label_smoothing, ctx.reduction, ctx.count = label_smoothing, reduction, int(valid.sum())
         if reduction == 'none':
             return loss
@@ -629,15 +629,13 @@ class CrossEntropyFunction(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        logits, m, s, t, valid = ctx.saved_tensors
+        e, s, t, valid = ctx.saved_tensors
         eps = ctx.label_smoothing
         scale = grad / max(ctx.count, 1) if ctx.reduction == 'mean' else grad
         coef = np.broadcast_to(scale, valid.shape) * valid        # (N,): zero on ignored rows
-        gx = np.subtract(logits, m[:, None])                      # (N, C)
-        np.exp(gx, out=gx)                                        # e^(z - m), recomputed in place
-        gx *= (coef / s)[:, None]                                 # coef * softmax
+        gx = e * (coef / s)[:, None]                              # (N, C): coef * softmax (e stays: retain_graph)
         if eps:
-            gx -= (coef * (eps / logits.shape[1]))[:, None]
+            gx -= (coef * (eps / e.shape[1]))[:, None]
         gx[np.arange(len(t)), t] -= coef * (1.0 - eps)
         return gx
 

@@ -203,16 +203,22 @@ class Adam(Optimizer):
             param *= 1.0 - lr * wd                       # AdamW: decay the weights directly
         elif wd:
             grad = grad + wd * param                     # Adam: L2 penalty folded into the gradient
-        m += (1.0 - beta1) * (grad - m)                  # m = beta1 m + (1 - beta1) g
+        t = np.subtract(grad, m)                         # the one scratch array: every step below writes into it
+        t *= 1.0 - beta1
+        m += t                                           # m = beta1 m + (1 - beta1) g
         v *= beta2
-        v += (1.0 - beta2) * grad * grad                 # v = beta2 v + (1 - beta2) g^2
+        np.multiply(grad, 1.0 - beta2, out=t)
+        t *= grad
+        v += t                                           # v = beta2 v + (1 - beta2) g^2
         if group['amsgrad']:
             v = np.maximum(state['max_exp_avg_sq'], v, out=state['max_exp_avg_sq'])
         bias1, bias2 = 1.0 - beta1 ** state['step'], 1.0 - beta2 ** state['step']
-        denom = np.sqrt(v)
+        denom = np.sqrt(v, out=t)
         denom /= math.sqrt(bias2)
         denom += eps
-        param -= (lr / bias1) * (m / denom)
+        update = np.divide(m, denom, out=t)
+        update *= lr / bias1
+        param -= update                                  # param -= lr / bias1 * m / denom
 
 
 class AdamW(Adam):

@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
-from .tensor import Function, Tensor, gelu, no_grad, relu
+from .tensor import Function, Tensor, gelu, is_grad_enabled, no_grad, relu
 from .nn import (Dropout, LayerNorm, Linear, Module, ModuleList, default_generator, dropout, linear,
                           normal_, xavier_uniform_)
 from .embeddings import Embedding
 from .positional import LearnedPositionalEmbedding, PositionalEncoding, add_positions
-from .attention import MultiheadAttention, causal_mask, scaled_dot_product_attention
+from .attention import MultiheadAttention, causal_mask, scaled_dot_product_attention, self_attention
 
 # %% ../nbs/07_transformer.ipynb #42a0add5
 _CHOICES = dict(activation=('relu', 'gelu', 'gelu_tanh'), positional=('sinusoidal', 'learned'))
@@ -614,7 +614,10 @@ class GPTBlock(TransformerEncoderLayer):
 
     def forward(self, x, cache=None, layer: int = 0):
         "(B, T, d) -> (B, T, d). With `cache`, `x` holds only the new positions and attends to the cached ones too."
-        if cache is None:
+        attn = self.self_attn
+        if cache is None and is_grad_enabled() and attn.batch_first and attn._qkv_same_embed_dim:   # training
+            attend = lambda h: self.dropout1(self_attention(attn, h, is_causal=True))    # one input GEMM
+        elif cache is None:
             attend = lambda h: self._sa_block(h, causal_mask(h.shape[1]), None, False)
         else:
             attend = lambda h: self.dropout1(cached_self_attention(self.self_attn, h, cache, layer))
