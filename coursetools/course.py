@@ -543,13 +543,14 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
             f'to grade the other {len(gradable) - len(results)}')
         raise
     wall = time.perf_counter() - start
-    grading = (max(r['end'] for r in results.values() if r['end']) -
-               min(r['start'] for r in results.values() if r['start'])) \
-        if any(r['start'] for r in results.values()) else 0.0
+    first = min((r['start'] for r in results.values() if r['start']), default=None)
+    last = max((r['end'] for r in results.values() if r['end']), default=None)
+    grading = last - first if first is not None else 0.0
     ran = [r for r in results.values() if r['start']]
     report.update(assignment=assignment, notebook=src.stem, jobs=jobs, scheduler=scheduler or info.get('scheduler'),
                   sandbox=sandboxed,
                   workers=info.get('workers', 0), wall_seconds=round(wall, 2), grading_seconds=round(grading, 2),
+                  first_start=first, last_end=last,
                   graded=len(results), kept=len(kept), seconds_per_submission=round(
                       sum(r['seconds'] for r in ran) / len(ran), 2) if ran else 0.0)
     save(force=True)
@@ -666,6 +667,14 @@ def _pool_autograde(root, assignment, students, jobs) -> list:
     return results
 
 
+def _cpu_seconds():
+    """(CPU seconds of this process, of its ended and waited-for child processes): the pool's workers and the
+    Dask workers are counted when they end; the grading kernels are not (bubblewrap's process namespace)."""
+    import resource
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
+
+
 def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', engines=('dask',), repeat=1, log=print,
           sandbox_rounds=0) -> dict:
     """Grading figures: for each module, `students` copies of a solved submission autograded with each of `jobs`
@@ -673,7 +682,9 @@ def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', engines=('das
     and 'pool' (the former process pool, `_pool_autograde`). Wall time is the whole command's, cluster or pool
     start included. With `repeat` > 1 the engines alternate that many times and each keeps its fastest run (the
     least disturbed by other load). Returns {module: {engine: {jobs: {'wall', 'grading', 'per_submission',
-    'per_minute', 'runs'}}}}. `sandbox_rounds` > 0: instead, the cost of the sandbox: that many rounds, each
+    'per_minute', 'runs', 'start' (s before the first submission starts), 'end' (s after the last one ends),
+    'cpu_coordinator', 'cpu_processes' (CPU s of this process and of its other processes, kernels not counted),
+    'load' (1-minute load average at the start)}}}}. `sandbox_rounds` > 0: instead, the cost of the sandbox: that many rounds, each
     grading the copies on Dask with the sandbox and without (UNSAFE_NO_SANDBOX=1), in alternating order, on
     `jobs[0]` processes; {module: {'sandbox': [...], 'none': [...], 'overhead'}}."""
     if sandbox_rounds:
@@ -696,29 +707,37 @@ def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', engines=('das
             figures[a] = {e: {} for e in engines}
             order = [(j, rep, e) for j in jobs for rep in range(repeat) for e in engines]   # engines alternated:
             for j, rep, engine in order:                                                 # load changes hit both
-                t0 = time.perf_counter()
+                load = os.getloadavg()[0]
+                cpu0 = _cpu_seconds()
+                t0, w0 = time.perf_counter(), time.time()
                 if engine == 'pool':
                     results = _pool_autograde(root, a, names, j)
-                    wall = time.perf_counter() - t0
+                    wall, w1 = time.perf_counter() - t0, time.time()
                     with gradebook(root) as gb:
                         full = all(r['score'] == float(gb.find_submission(a, r['student']).max_score)
                                    for r in results)
-                    grading = max(r['end'] for r in results) - min(r['start'] for r in results)
+                    first, last = min(r['start'] for r in results), max(r['end'] for r in results)
                     per = sum(r['seconds'] for r in results) / len(results)
                 else:
                     r = autograde(root, a, jobs=j, regrade=True, log=lambda *_: None, progress=False)
-                    wall = time.perf_counter() - t0
+                    wall, w1 = time.perf_counter() - t0, time.time()
                     full = all(s['score'] == s['max_score'] for s in r['submissions'].values())
-                    grading, per = r['grading_seconds'], r['seconds_per_submission']
+                    first, last, per = r['first_start'], r['last_end'], r['seconds_per_submission']
+                cpu = [round(b - a, 2) for a, b in zip(cpu0, _cpu_seconds())]
+                grading = last - first
                 fig = {'wall': round(wall, 2), 'grading': round(grading, 2), 'per_submission': round(per, 2),
-                       'per_minute': round(60 * students / wall, 2), 'full_marks': full}
+                       'per_minute': round(60 * students / wall, 2), 'full_marks': full,
+                       'start': round(first - w0, 2), 'end': round(w1 - last, 2), 'cpu_coordinator': cpu[0],
+                       'cpu_processes': cpu[1], 'load': round(load, 2)}
                 runs = figures[a][engine].get(j, {}).get('runs', []) + [round(wall, 2)]
                 if j not in figures[a][engine] or wall < figures[a][engine][j]['wall']:
                     figures[a][engine][j] = fig
                 figures[a][engine][j]['runs'] = runs
                 log(f"{a}: {students} submissions, {engine}, {j} process(es), run {rep + 1}: {wall:.1f} s wall "
-                    f"({fig['per_minute']:.1f} submissions/min; {grading:.1f} s grading), "
-                    f"{per:.1f} s per submission" + ('' if full else ' (NOT full marks!)'))
+                    f"({fig['per_minute']:.1f} submissions/min; {grading:.1f} s grading, {fig['start']:.1f} s before "
+                    f"the first submission starts, {fig['end']:.1f} s after the last one ends), "
+                    f"{per:.2f} s per submission; CPU s: {cpu[0]:.1f} this process, {cpu[1]:.1f} its other "
+                    f"processes (kernels not counted); load {load:.1f}" + ('' if full else ' (NOT full marks!)'))
                 if 'pool' in engines and 'dask' in engines and rep == repeat - 1 and engine == engines[-1]:
                     d, p = figures[a]['dask'][j], figures[a]['pool'][j]
                     log(f"{a}: Dask against the former pool with {j} process(es): {100 * (d['wall'] / p['wall'] - 1):+.1f}% "
