@@ -387,6 +387,25 @@ def _zero(gb, assignment, student):
     return sub
 
 
+def _load_cells(gb, sub) -> list:
+    """The course cells of a submission's grades and comments, loaded into the gradebook's session in one query
+    (`grade.name` then reads the loaded cell instead of querying the gradebook once per grade). Keep the list
+    referenced while using them."""
+    from nbgrader.api import BaseCell
+    ids = {x.cell_id for nb in sub.notebooks for x in list(nb.grades) + list(nb.comments)}
+    return gb.db.query(BaseCell).filter(BaseCell.id.in_(ids)).all() if ids else []
+
+
+def _scores(gb, submission_id: str, notebook_ids: list):
+    """({graded cell: score}, max score) of a submission as the gradebook computes them (nbgrader's `Grade.score`,
+    `SubmittedAssignment.max_score`), in two queries."""
+    from nbgrader.api import BaseCell, Grade, SubmittedAssignment
+    rows = gb.db.query(BaseCell.name, Grade.score).select_from(Grade).join(BaseCell, Grade.cell_id == BaseCell.id) \
+        .filter(Grade.notebook_id.in_(notebook_ids)).all() if notebook_ids else []
+    top = gb.db.query(SubmittedAssignment.max_score).filter(SubmittedAssignment.id == submission_id).scalar()
+    return {name: float(score) for name, score in rows}, float(top or 0.0)
+
+
 def _replace_folder(dest: Path, files: dict):
     "Write `files` ({relative path: bytes}) as the folder `dest`, replacing what was there (swapped in whole)."
     tmp = dest.with_name(f'.{dest.name}.tmp{os.getpid()}')
@@ -422,32 +441,42 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
         todo = {s: g for s, g in todo.items() if s in set(students)}
     record_path = root / 'reports' / f'{assignment}.collect.json'
     collected = json.loads(record_path.read_text()) if record_path.exists() else {}
-    ref = reference_package()
-    from . import sandbox
-    # The opt-out is read here, once, and travels with every task (common['unsafe']): a worker grades in the
-    # sandbox or not as this process decided, whatever its own environment says.
-    unsafe = sandbox.disabled()
-    if scheduler:             # the kernels run on the cluster's machines: each worker checks its own bwrap
-        sandboxed = not unsafe
-        if unsafe:
-            preflight(log)
-    else:
-        sandboxed = preflight(log)
-        if sandboxed:
-            dask_grading._REFERENCE['sandbox'] = True    # checked just now: this process grades when jobs=0
-    logdir = root / 'reports' / 'logs' / assignment
-    logdir.mkdir(parents=True, exist_ok=True)
     report_path = root / 'reports' / f'{assignment}.json'
     report = json.loads(report_path.read_text()) if report_path.exists() else {'submissions': {}}
-    api = nbgrader_api(root)
-    with gradebook(root) as gb:
-        common = dask_grading.common_payload(root, assignment, gb, api.coursedir.course_id, unsafe=unsafe)
-        payloads = {s: dask_grading.student_payload(root, assignment, s, gb) for s in todo}
+    payloads = {s: dask_grading.student_payload(root, assignment, s) for s in todo}
     before = report['submissions']         # graded (or failed and flagged) in an earlier run, and unchanged since
     kept = [s for s in todo if not regrade and before.get(s, {}).get('digest') == payloads[s]['digest']
             and (not before[s]['graded'] or (root / 'autograded' / s / assignment).is_dir())]
     failed = [s for s in kept if todo[s] and not before[s]['graded']]
     gradable = [s for s, ok in todo.items() if ok and s not in kept]
+    # a local cluster starts now, in the background (its workers import nbgrader), while this process checks
+    # the grading environment and reads the assignment
+    local = dask_grading.LocalStart(min(jobs, len(gradable))) if gradable and jobs and not scheduler else None
+    try:
+        ref = reference_package()
+        from . import sandbox
+        # The opt-out is read here, once, and travels with every task (common['unsafe']): a worker grades in the
+        # sandbox or not as this process decided, whatever its own environment says.
+        unsafe = sandbox.disabled()
+        if scheduler:         # the kernels run on the cluster's machines: each worker checks its own bwrap
+            sandboxed = not unsafe
+            if unsafe:
+                preflight(log)
+        else:
+            sandboxed = preflight(log)
+            if sandboxed:
+                dask_grading._REFERENCE['sandbox'] = True    # checked just now: this process grades when jobs=0
+        logdir = root / 'reports' / 'logs' / assignment
+        logdir.mkdir(parents=True, exist_ok=True)
+        api = nbgrader_api(root)
+        with gradebook(root) as gb:
+            common = dask_grading.common_payload(root, assignment, gb, api.coursedir.course_id, unsafe=unsafe)
+            for s in todo:
+                payloads[s]['extension'] = dask_grading.extension(gb, assignment, s)
+    except BaseException:
+        if local is not None:
+            local.close()
+        raise
     where = f'the Dask cluster at {scheduler}' if scheduler else \
         'this process' if jobs == 0 else f'{min(jobs, max(len(gradable), 1))} local Dask worker processes'
     log(f'autograding {len(gradable)} submissions of {assignment} on {where}; tinytorch = {ref}'
@@ -479,6 +508,7 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
                 sub = gb.update_or_create_submission(assignment, sid,
                                                      **({'timestamp': r['timestamp']} if r['timestamp'] else {}))
                 if r['success'] and src.name in r['files']:
+                    cells = _load_cells(gb, sub)             # (kept referenced: the session holds them weakly)
                     for nb in sub.notebooks:                 # what nbgrader's SaveAutoGrades wrote on the worker
                         got = r['notebooks'].get(nb.notebook.name, {})
                         for g in nb.grades:
@@ -490,8 +520,10 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
                                 c.auto_comment = got['comments'][c.name]
                         if got:
                             nb.late_submission_penalty = got.get('late_submission_penalty')
-                    meta = nbformat.reads(r['files'][src.name].decode('utf-8'), as_version=4).metadata
-                    flags += meta.get('tinytorch', {}).get('flags', [])
+                    got = r.get('flags', {}).get(src.name)            # the worker read them from the notebook
+                    if got is None:
+                        got = json.loads(r['files'][src.name]).get('metadata', {}).get('tinytorch', {}).get('flags', [])
+                    flags += got
                     if r.get('unsafe') and sandbox.UNSAFE_FLAG not in flags:
                         flags.append(sandbox.UNSAFE_FLAG)    # the worker said so, whatever its notebook says
                 else:
@@ -506,10 +538,11 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
                                 g.auto_score, g.needs_manual_grade = 0, False
             for nb in sub.notebooks:
                 nb.flagged = bool(flags)
+            ids = (sub.id, [nb.id for nb in sub.notebooks])
             gb.db.commit()
-            scores = {g.name: float(g.score) for nb in sub.notebooks for g in nb.grades}
+            scores, max_score = _scores(gb, *ids)
             report['submissions'][sid] = {
-                'score': sum(scores.values()), 'max_score': float(sub.max_score), 'cells': scores,
+                'score': sum(scores.values()), 'max_score': max_score, 'cells': scores,
                 'seconds': r['seconds'] if r else 0.0, 'graded': bool(r and r['success']), 'flags': flags,
                 'worker': r['worker'] if r else None, 'digest': payloads[sid]['digest']}
         save()
@@ -535,13 +568,19 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
             finally:
                 guard.uninstall()
         elif jobs_list:
+            # a local cluster's workers trust this process's checks of the reference package and the sandbox
+            # (same machine, interpreter and environment); a scheduler's workers check for themselves
             info = dask_grading.run(common, jobs_list, record, scheduler=scheduler,
-                                    workers=min(jobs, len(jobs_list)) or 1, log=log, progress=progress)
+                                    workers=min(jobs, len(jobs_list)) or 1, log=log, progress=progress, local=local,
+                                    checked=None if scheduler else ref)
     except KeyboardInterrupt:
         save(force=True)
         log(f'interrupted: {len(results)} submissions graded and recorded in this run; run the same command again '
             f'to grade the other {len(gradable) - len(results)}')
         raise
+    finally:
+        if local is not None:
+            local.close()                    # (run closes it; here when nothing reached run)
     wall = time.perf_counter() - start
     first = min((r['start'] for r in results.values() if r['start']), default=None)
     last = max((r['end'] for r in results.values() if r['end']), default=None)
