@@ -377,6 +377,8 @@ def grade_submission(common: dict, job: dict) -> dict:
             except Exception:
                 sub = None
             if sub is not None:
+                from .course import _load_cells
+                cells = _load_cells(gb, sub)                  # noqa: F841 (one query, not one per grade)
                 out['timestamp'] = sub.timestamp.isoformat() if sub.timestamp else None
                 for nb in sub.notebooks:
                     out['notebooks'][nb.name] = {
@@ -526,13 +528,12 @@ class LocalStart:
 
     def _start(self):
         import logging
-        import dask
-        import distributed
         try:
+            if LOCAL_CONFIG.get('distributed.worker.multiprocessing-method') == 'forkserver':
+                _start_forkserver()     # first: it imports while this process imports Dask and starts the scheduler
+            import dask
+            import distributed
             with dask.config.set(LOCAL_CONFIG):
-                if dask.config.get('distributed.worker.multiprocessing-method') == 'forkserver':
-                    from distributed.utils import get_mp_context
-                    get_mp_context().set_forkserver_preload(list(PRELOAD))     # (after distributed's own list)
                 self.cluster = distributed.LocalCluster(n_workers=self.workers, threads_per_worker=1,
                                                         processes=True, dashboard_address=':0',
                                                         silence_logs=logging.ERROR)
@@ -557,6 +558,15 @@ class LocalStart:
         if self.cluster is not None or self.error is not None:
             _stop_forkserver()
         self.cluster = self.client = self.error = None
+
+
+def _start_forkserver():
+    """Start multiprocessing's fork server for the workers, importing PRELOAD (Dask's nannies then start their
+    worker processes from it)."""
+    import multiprocessing
+    from multiprocessing import forkserver
+    multiprocessing.get_context('forkserver').set_forkserver_preload(list(PRELOAD))
+    forkserver.ensure_running()
 
 
 def _stop_forkserver():
