@@ -51,8 +51,10 @@ grading-figures: setup  ## seconds per submission per module, the speed-up of 2 
 	$(BIN)/python -m coursetools grading-bench --students 4 --jobs 1 2
 	$(BIN)/python -m coursetools grading-bench --modules 00 --students 4 --jobs 1 --sandbox 5
 
-grading-dask-figures: setup  ## module 00 on 1 and 2 local Dask workers against the former process pool
-	$(BIN)/python -m coursetools grading-bench --modules 00 --students 8 --jobs 1 2 --engines pool dask --repeat 2 --out bench/grading_dask.json
+grading-dask-figures: setup  ## module 00 on 1 and 2 local Dask workers against the former process pool (8, 24, 48 submissions)
+	$(BIN)/python -m coursetools grading-bench --modules 00 --students 8 --jobs 1 2 --engines pool dask --repeat 3 --out bench/grading_dask.json
+	$(BIN)/python -m coursetools grading-bench --modules 00 --students 24 --jobs 2 --engines pool dask --repeat 2 --out bench/grading_dask_24.json
+	$(BIN)/python -m coursetools grading-bench --modules 00 --students 48 --jobs 2 --engines pool dask --repeat 2 --out bench/grading_dask_48.json
 
 docs: setup  ## the student docs site -> _site/ (offline; executed notebooks cached in _docs_cache/; leak-checked)
 	$(BIN)/python -m coursetools docs --out _site

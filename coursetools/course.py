@@ -387,6 +387,25 @@ def _zero(gb, assignment, student):
     return sub
 
 
+def _load_cells(gb, sub) -> list:
+    """The course cells of a submission's grades and comments, loaded into the gradebook's session in one query
+    (`grade.name` then reads the loaded cell instead of querying the gradebook once per grade). Keep the list
+    referenced while using them."""
+    from nbgrader.api import BaseCell
+    ids = {x.cell_id for nb in sub.notebooks for x in list(nb.grades) + list(nb.comments)}
+    return gb.db.query(BaseCell).filter(BaseCell.id.in_(ids)).all() if ids else []
+
+
+def _scores(gb, submission_id: str, notebook_ids: list):
+    """({graded cell: score}, max score) of a submission as the gradebook computes them (nbgrader's `Grade.score`,
+    `SubmittedAssignment.max_score`), in two queries."""
+    from nbgrader.api import BaseCell, Grade, SubmittedAssignment
+    rows = gb.db.query(BaseCell.name, Grade.score).select_from(Grade).join(BaseCell, Grade.cell_id == BaseCell.id) \
+        .filter(Grade.notebook_id.in_(notebook_ids)).all() if notebook_ids else []
+    top = gb.db.query(SubmittedAssignment.max_score).filter(SubmittedAssignment.id == submission_id).scalar()
+    return {name: float(score) for name, score in rows}, float(top or 0.0)
+
+
 def _replace_folder(dest: Path, files: dict):
     "Write `files` ({relative path: bytes}) as the folder `dest`, replacing what was there (swapped in whole)."
     tmp = dest.with_name(f'.{dest.name}.tmp{os.getpid()}')
@@ -422,32 +441,42 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
         todo = {s: g for s, g in todo.items() if s in set(students)}
     record_path = root / 'reports' / f'{assignment}.collect.json'
     collected = json.loads(record_path.read_text()) if record_path.exists() else {}
-    ref = reference_package()
-    from . import sandbox
-    # The opt-out is read here, once, and travels with every task (common['unsafe']): a worker grades in the
-    # sandbox or not as this process decided, whatever its own environment says.
-    unsafe = sandbox.disabled()
-    if scheduler:             # the kernels run on the cluster's machines: each worker checks its own bwrap
-        sandboxed = not unsafe
-        if unsafe:
-            preflight(log)
-    else:
-        sandboxed = preflight(log)
-        if sandboxed:
-            dask_grading._REFERENCE['sandbox'] = True    # checked just now: this process grades when jobs=0
-    logdir = root / 'reports' / 'logs' / assignment
-    logdir.mkdir(parents=True, exist_ok=True)
     report_path = root / 'reports' / f'{assignment}.json'
     report = json.loads(report_path.read_text()) if report_path.exists() else {'submissions': {}}
-    api = nbgrader_api(root)
-    with gradebook(root) as gb:
-        common = dask_grading.common_payload(root, assignment, gb, api.coursedir.course_id, unsafe=unsafe)
-        payloads = {s: dask_grading.student_payload(root, assignment, s, gb) for s in todo}
+    payloads = {s: dask_grading.student_payload(root, assignment, s) for s in todo}
     before = report['submissions']         # graded (or failed and flagged) in an earlier run, and unchanged since
     kept = [s for s in todo if not regrade and before.get(s, {}).get('digest') == payloads[s]['digest']
             and (not before[s]['graded'] or (root / 'autograded' / s / assignment).is_dir())]
     failed = [s for s in kept if todo[s] and not before[s]['graded']]
     gradable = [s for s, ok in todo.items() if ok and s not in kept]
+    # a local cluster starts now, in the background (its workers import nbgrader), while this process checks
+    # the grading environment and reads the assignment
+    local = dask_grading.LocalStart(min(jobs, len(gradable))) if gradable and jobs and not scheduler else None
+    try:
+        ref = reference_package()
+        from . import sandbox
+        # The opt-out is read here, once, and travels with every task (common['unsafe']): a worker grades in the
+        # sandbox or not as this process decided, whatever its own environment says.
+        unsafe = sandbox.disabled()
+        if scheduler:         # the kernels run on the cluster's machines: each worker checks its own bwrap
+            sandboxed = not unsafe
+            if unsafe:
+                preflight(log)
+        else:
+            sandboxed = preflight(log)
+            if sandboxed:
+                dask_grading._REFERENCE['sandbox'] = True    # checked just now: this process grades when jobs=0
+        logdir = root / 'reports' / 'logs' / assignment
+        logdir.mkdir(parents=True, exist_ok=True)
+        api = nbgrader_api(root)
+        with gradebook(root) as gb:
+            common = dask_grading.common_payload(root, assignment, gb, api.coursedir.course_id, unsafe=unsafe)
+            for s in todo:
+                payloads[s]['extension'] = dask_grading.extension(gb, assignment, s)
+    except BaseException:
+        if local is not None:
+            local.close()
+        raise
     where = f'the Dask cluster at {scheduler}' if scheduler else \
         'this process' if jobs == 0 else f'{min(jobs, max(len(gradable), 1))} local Dask worker processes'
     log(f'autograding {len(gradable)} submissions of {assignment} on {where}; tinytorch = {ref}'
@@ -479,6 +508,7 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
                 sub = gb.update_or_create_submission(assignment, sid,
                                                      **({'timestamp': r['timestamp']} if r['timestamp'] else {}))
                 if r['success'] and src.name in r['files']:
+                    cells = _load_cells(gb, sub)             # (kept referenced: the session holds them weakly)
                     for nb in sub.notebooks:                 # what nbgrader's SaveAutoGrades wrote on the worker
                         got = r['notebooks'].get(nb.notebook.name, {})
                         for g in nb.grades:
@@ -490,8 +520,10 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
                                 c.auto_comment = got['comments'][c.name]
                         if got:
                             nb.late_submission_penalty = got.get('late_submission_penalty')
-                    meta = nbformat.reads(r['files'][src.name].decode('utf-8'), as_version=4).metadata
-                    flags += meta.get('tinytorch', {}).get('flags', [])
+                    got = r.get('flags', {}).get(src.name)            # the worker read them from the notebook
+                    if got is None:
+                        got = json.loads(r['files'][src.name]).get('metadata', {}).get('tinytorch', {}).get('flags', [])
+                    flags += got
                     if r.get('unsafe') and sandbox.UNSAFE_FLAG not in flags:
                         flags.append(sandbox.UNSAFE_FLAG)    # the worker said so, whatever its notebook says
                 else:
@@ -506,10 +538,11 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
                                 g.auto_score, g.needs_manual_grade = 0, False
             for nb in sub.notebooks:
                 nb.flagged = bool(flags)
+            ids = (sub.id, [nb.id for nb in sub.notebooks])
             gb.db.commit()
-            scores = {g.name: float(g.score) for nb in sub.notebooks for g in nb.grades}
+            scores, max_score = _scores(gb, *ids)
             report['submissions'][sid] = {
-                'score': sum(scores.values()), 'max_score': float(sub.max_score), 'cells': scores,
+                'score': sum(scores.values()), 'max_score': max_score, 'cells': scores,
                 'seconds': r['seconds'] if r else 0.0, 'graded': bool(r and r['success']), 'flags': flags,
                 'worker': r['worker'] if r else None, 'digest': payloads[sid]['digest']}
         save()
@@ -535,21 +568,28 @@ def autograde(root, assignment, students=None, jobs=None, scheduler=None, regrad
             finally:
                 guard.uninstall()
         elif jobs_list:
+            # a local cluster's workers trust this process's checks of the reference package and the sandbox
+            # (same machine, interpreter and environment); a scheduler's workers check for themselves
             info = dask_grading.run(common, jobs_list, record, scheduler=scheduler,
-                                    workers=min(jobs, len(jobs_list)) or 1, log=log, progress=progress)
+                                    workers=min(jobs, len(jobs_list)) or 1, log=log, progress=progress, local=local,
+                                    checked=None if scheduler else ref)
     except KeyboardInterrupt:
         save(force=True)
         log(f'interrupted: {len(results)} submissions graded and recorded in this run; run the same command again '
             f'to grade the other {len(gradable) - len(results)}')
         raise
+    finally:
+        if local is not None:
+            local.close()                    # (run closes it; here when nothing reached run)
     wall = time.perf_counter() - start
-    grading = (max(r['end'] for r in results.values() if r['end']) -
-               min(r['start'] for r in results.values() if r['start'])) \
-        if any(r['start'] for r in results.values()) else 0.0
+    first = min((r['start'] for r in results.values() if r['start']), default=None)
+    last = max((r['end'] for r in results.values() if r['end']), default=None)
+    grading = last - first if first is not None else 0.0
     ran = [r for r in results.values() if r['start']]
     report.update(assignment=assignment, notebook=src.stem, jobs=jobs, scheduler=scheduler or info.get('scheduler'),
                   sandbox=sandboxed,
                   workers=info.get('workers', 0), wall_seconds=round(wall, 2), grading_seconds=round(grading, 2),
+                  first_start=first, last_end=last,
                   graded=len(results), kept=len(kept), seconds_per_submission=round(
                       sum(r['seconds'] for r in ran) / len(ran), 2) if ran else 0.0)
     save(force=True)
@@ -666,6 +706,14 @@ def _pool_autograde(root, assignment, students, jobs) -> list:
     return results
 
 
+def _cpu_seconds():
+    """(CPU seconds of this process, of its ended and waited-for child processes): the pool's workers and the
+    Dask workers are counted when they end; the grading kernels are not (bubblewrap's process namespace)."""
+    import resource
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, children.ru_utime + children.ru_stime
+
+
 def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', engines=('dask',), repeat=1, log=print,
           sandbox_rounds=0) -> dict:
     """Grading figures: for each module, `students` copies of a solved submission autograded with each of `jobs`
@@ -673,7 +721,9 @@ def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', engines=('das
     and 'pool' (the former process pool, `_pool_autograde`). Wall time is the whole command's, cluster or pool
     start included. With `repeat` > 1 the engines alternate that many times and each keeps its fastest run (the
     least disturbed by other load). Returns {module: {engine: {jobs: {'wall', 'grading', 'per_submission',
-    'per_minute', 'runs'}}}}. `sandbox_rounds` > 0: instead, the cost of the sandbox: that many rounds, each
+    'per_minute', 'runs', 'start' (s before the first submission starts), 'end' (s after the last one ends),
+    'cpu_coordinator', 'cpu_processes' (CPU s of this process and of its other processes, kernels not counted),
+    'load' (1-minute load average at the start)}}}}. `sandbox_rounds` > 0: instead, the cost of the sandbox: that many rounds, each
     grading the copies on Dask with the sandbox and without (UNSAFE_NO_SANDBOX=1), in alternating order, on
     `jobs[0]` processes; {module: {'sandbox': [...], 'none': [...], 'overhead'}}."""
     if sandbox_rounds:
@@ -696,29 +746,37 @@ def bench(modules=None, students=4, jobs=(1, 2), nbs=ROOT / 'nbs', engines=('das
             figures[a] = {e: {} for e in engines}
             order = [(j, rep, e) for j in jobs for rep in range(repeat) for e in engines]   # engines alternated:
             for j, rep, engine in order:                                                 # load changes hit both
-                t0 = time.perf_counter()
+                load = os.getloadavg()[0]
+                cpu0 = _cpu_seconds()
+                t0, w0 = time.perf_counter(), time.time()
                 if engine == 'pool':
                     results = _pool_autograde(root, a, names, j)
-                    wall = time.perf_counter() - t0
+                    wall, w1 = time.perf_counter() - t0, time.time()
                     with gradebook(root) as gb:
                         full = all(r['score'] == float(gb.find_submission(a, r['student']).max_score)
                                    for r in results)
-                    grading = max(r['end'] for r in results) - min(r['start'] for r in results)
+                    first, last = min(r['start'] for r in results), max(r['end'] for r in results)
                     per = sum(r['seconds'] for r in results) / len(results)
                 else:
                     r = autograde(root, a, jobs=j, regrade=True, log=lambda *_: None, progress=False)
-                    wall = time.perf_counter() - t0
+                    wall, w1 = time.perf_counter() - t0, time.time()
                     full = all(s['score'] == s['max_score'] for s in r['submissions'].values())
-                    grading, per = r['grading_seconds'], r['seconds_per_submission']
+                    first, last, per = r['first_start'], r['last_end'], r['seconds_per_submission']
+                cpu = [round(b - a, 2) for a, b in zip(cpu0, _cpu_seconds())]
+                grading = last - first
                 fig = {'wall': round(wall, 2), 'grading': round(grading, 2), 'per_submission': round(per, 2),
-                       'per_minute': round(60 * students / wall, 2), 'full_marks': full}
+                       'per_minute': round(60 * students / wall, 2), 'full_marks': full,
+                       'start': round(first - w0, 2), 'end': round(w1 - last, 2), 'cpu_coordinator': cpu[0],
+                       'cpu_processes': cpu[1], 'load': round(load, 2)}
                 runs = figures[a][engine].get(j, {}).get('runs', []) + [round(wall, 2)]
                 if j not in figures[a][engine] or wall < figures[a][engine][j]['wall']:
                     figures[a][engine][j] = fig
                 figures[a][engine][j]['runs'] = runs
                 log(f"{a}: {students} submissions, {engine}, {j} process(es), run {rep + 1}: {wall:.1f} s wall "
-                    f"({fig['per_minute']:.1f} submissions/min; {grading:.1f} s grading), "
-                    f"{per:.1f} s per submission" + ('' if full else ' (NOT full marks!)'))
+                    f"({fig['per_minute']:.1f} submissions/min; {grading:.1f} s grading, {fig['start']:.1f} s before "
+                    f"the first submission starts, {fig['end']:.1f} s after the last one ends), "
+                    f"{per:.2f} s per submission; CPU s: {cpu[0]:.1f} this process, {cpu[1]:.1f} its other "
+                    f"processes (kernels not counted); load {load:.1f}" + ('' if full else ' (NOT full marks!)'))
                 if 'pool' in engines and 'dask' in engines and rep == repeat - 1 and engine == engines[-1]:
                     d, p = figures[a]['dask'][j], figures[a]['pool'][j]
                     log(f"{a}: Dask against the former pool with {j} process(es): {100 * (d['wall'] / p['wall'] - 1):+.1f}% "

@@ -3,23 +3,28 @@
     coordinator (coursetools.course.autograde)                    worker (any Dask worker, or this process)
     ------------------------------------------                    -----------------------------------------
     reads the gradebook's record of the assignment                writes them into a private temporary course
-    (cells, checksums, points, due date), the course's            directory with its own SQLite gradebook,
-    nbgrader_config.py, source/ and release/ of the               runs nbgrader's autograde there (the course's
-    assignment, and each submission's files          --task-->    sanitize and autograde preprocessors, so every
-                                                                  kernel runs through GradingExecute), and sends
-    records each result as it arrives: the graded    <--result--  back the graded folder, the scores, comments,
-    folder into autograded/<student>/<assignment>/,               timestamp and late penalty from the private
-    the scores into the gradebook, the report                     gradebook, the log and its own address
+    (cells, checksums, points, due date), the course's            directory (once per batch: `Workspace`),
+    nbgrader_config.py, source/ and release/ of the               with a fresh copy of its own SQLite gradebook
+    assignment, and each submission's files          --task-->    per submission, runs nbgrader's autograde there
+                                                                  (the course's sanitize and autograde
+                                                                  preprocessors, so every kernel runs through
+                                                                  GradingExecute), and sends back the graded
+    records each result as it arrives: the graded    <--result--  folder, the scores, comments, timestamp and
+    folder into autograded/<student>/<assignment>/,               late penalty from the private gradebook, the
+    the scores into the gradebook, the report                     flags, the log and its own address
 
 The private gradebook gets the assignment exactly as the course's gradebook holds it, so nbgrader's own
 OverwriteCells, SaveAutoGrades and AssignLatePenalties run unchanged on the worker, and the coordinator copies
 their results into the course's gradebook: the formgrader and `nbgrader generate_feedback` see what
-`nbgrader autograde` would have written.
+`nbgrader autograde` would have written. What does not change within a batch (the private course's config,
+source/ and release/, the notebooks and protection plan the grading plug-ins read from them, the gradebook with
+the assignment in it) is built once per worker thread, not once per submission.
 
 Every kernel runs in the bubblewrap sandbox (coursetools/sandbox.py: nbgrader's autograde on the worker goes
 through GradingExecute). Each worker checks once that it can (`warm_up`: the workers present at the start are
 checked before any task, and one that cannot stops the batch; a later one checks in its first task and refuses to
-grade). UNSAFE_NO_SANDBOX is read by the coordinator only and travels with the tasks (`common['unsafe']`, set as
+grade). The workers of the coordinator's own local cluster (same machine, interpreter and environment) take the
+coordinator's checks, made just before; one that a nanny restarts checks in its first task. UNSAFE_NO_SANDBOX is read by the coordinator only and travels with the tasks (`common['unsafe']`, set as
 GradingExecute.no_sandbox on the worker): a worker's own environment cannot turn the sandbox off, nor on; each
 result says how it was graded, and the coordinator flags every submission graded without the sandbox. The
 solution and hidden-test lines of the whole course travel too (`common['secrets']`): the scrubbing of outputs
@@ -97,16 +102,21 @@ def common_payload(root: Path, assignment: str, gb, course_id: str, unsafe: bool
             'secrets': course_secrets(root), 'unsafe': bool(unsafe)}
 
 
-def student_payload(root: Path, assignment: str, student: str, gb) -> dict:
-    "One task's own part: the submission's files, and the student's extension if the gradebook has one."
-    extension = None
+def extension(gb, assignment: str, student: str):
+    "The student's extension of `assignment` in seconds, if the gradebook has one."
     try:
         sub = gb.find_submission(assignment, student)
-        extension = sub.extension.total_seconds() if sub.extension else None
+        return sub.extension.total_seconds() if sub.extension else None
     except Exception:
-        pass
+        return None
+
+
+def student_payload(root: Path, assignment: str, student: str, gb=None) -> dict:
+    """One task's own part: the submission's files, and the student's extension if the gradebook `gb` has one
+    (without `gb`: set later, see `extension`)."""
     files = folder_files(root / 'submitted' / student / assignment)
-    return {'student': student, 'files': files, 'digest': files_digest(files), 'extension': extension}
+    return {'student': student, 'files': files, 'digest': files_digest(files),
+            'extension': extension(gb, assignment, student) if gb is not None else None}
 
 
 # ---------------------------------------------------------------------------------------------- the worker's side
@@ -165,14 +175,26 @@ def where() -> str:
         return f'{socket.gethostname()}:{os.getpid()}'
 
 
-def warm_up(unsafe: bool = False, dask_worker=None) -> str:
+def _import_grading():
+    "nbgrader and the grading plug-ins imported (a worker's first submission need not wait for them)."
+    import nbgrader.apps  # noqa: F401
+    from . import autograding  # noqa: F401
+
+
+def warm_up(unsafe: bool = False, dask_worker=None, checked: str = None) -> str:
     """Once per worker process, before its first submission: import nbgrader and the grading plug-ins, check that
     `tinytorch` is the reference package, never a student kit, and (unless `unsafe`: the coordinator's opt-out)
     that a grading kernel can run in the bubblewrap sandbox on this machine. Raises otherwise (the sandbox:
-    SandboxUnavailable, naming the worker: `dask_worker`, which `Client.run` passes). Returns the package's folder."""
+    SandboxUnavailable, naming the worker: `dask_worker`, which `Client.run` passes). Returns the package's folder.
+    `checked`: the reference package's folder as the coordinator found it, when the coordinator has just made both
+    checks itself for this worker: a worker of its local cluster (same machine, interpreter and environment);
+    a worker it did not start always checks."""
+    _import_grading()
+    if checked and 'ref' not in _REFERENCE:
+        _REFERENCE['ref'] = checked
+        if not unsafe:
+            _REFERENCE['sandbox'] = True
     if 'ref' not in _REFERENCE:
-        import nbgrader.apps  # noqa: F401
-        from . import autograding  # noqa: F401
         from .course import reference_package
         _REFERENCE['ref'] = reference_package()
     if not unsafe:
@@ -188,29 +210,143 @@ def warm_up(unsafe: bool = False, dask_worker=None) -> str:
     return _REFERENCE['ref']
 
 
+def _fingerprint(common: dict) -> str:
+    "What a worker's private course is built from: the same fingerprint, the same private course."
+    h = hashlib.sha256()
+    for part in (common['assignment'], common['course_id'], common['config'], files_digest(common['source']),
+                 files_digest(common['release']), json.dumps([common['spec'], common.get('secrets')], sort_keys=True)):
+        h.update(hashlib.sha256(part.encode()).digest())
+    return h.hexdigest()
+
+
+_WORKSPACES = {}            # per worker thread: its private course directory (the assignment of the batch)
+_PRIVATE = []               # the folders of those private courses (their SQLite files are not synced to disk)
+
+
+_KEPT = ('nbgrader_config.py', 'source', 'release')   # what stays in a private course from one submission to the next
+
+
+def _stat(root: Path) -> dict:
+    "{path: (size, mtime)} of the files of a private course that stay (see Workspace)."
+    found = {}
+    for name in _KEPT:
+        p = root / name
+        for f in sorted(p.rglob('*')) if p.is_dir() else [p] if p.exists() else []:
+            st = f.lstat()
+            found[f.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns, f.is_file())
+    return found
+
+
+def _unsynced_private_gradebooks():
+    """A private gradebook is a throwaway copy: SQLite need not wait for the disk at each of nbgrader's commits
+    (`PRAGMA synchronous=OFF`, journal in memory). Only databases inside a private course; the course's own
+    gradebook (the coordinator's) keeps SQLite's defaults. Installed once per process."""
+    if _REFERENCE.get('sqlite'):
+        return
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def connect(dbapi_connection, record):
+        try:
+            files = [row[2] for row in dbapi_connection.execute('PRAGMA database_list').fetchall()]
+        except Exception:
+            return
+        if any(f and any(f.startswith(root) for root in _PRIVATE) for f in files):
+            dbapi_connection.execute('PRAGMA synchronous=OFF')
+            dbapi_connection.execute('PRAGMA journal_mode=MEMORY')
+    event.listen(Engine, 'connect', connect)
+    _REFERENCE['sqlite'] = True
+
+
+class Workspace:
+    """A worker thread's private course directory for the assignment of a batch: nbgrader_config.py, source/ and
+    release/ written once, the nbgrader configuration loaded once, the course's secrets registered once, so that
+    nbgrader and the grading plug-ins find them unchanged from one submission to the next (the release and source
+    notebooks and their protection plan are read once, autograding's `_course_notebooks`). Each submission brings
+    its own files and a fresh copy of the private gradebook into it, and takes them out after (`clear`). Built
+    again when the assignment changes (another fingerprint) or when a file of it is not as written (`intact`)."""
+
+    def __init__(self, common: dict, key: str):
+        from .autograding import given_secrets
+        from .course import load_config
+        self.key, self.assignment = key, common['assignment']
+        self.root = Path(tempfile.mkdtemp(prefix='tinytorch-grading-'))
+        self.prefixes = list(dict.fromkeys([str(self.root) + os.sep, os.path.realpath(self.root) + os.sep]))
+        _PRIVATE.extend(self.prefixes)
+        (self.root / 'nbgrader_config.py').write_text(common['config'])
+        _write_files(self.root / 'source' / self.assignment, common['source'])
+        _write_files(self.root / 'release' / self.assignment, common['release'])
+        self.written = _stat(self.root)
+        self.template = _private_gradebook(common['spec'], common['course_id'])
+        self.db_url = f"sqlite:///{self.root / 'gradebook.db'}"
+        cfg = load_config(self.root)
+        cfg.CourseDirectory.root = str(self.root)             # whatever the config says: the private copy only
+        cfg.CourseDirectory.db_url = self.db_url
+        cfg.CourseDirectory.course_id = common['course_id']
+        cfg.Restructure.course_root = str(self.root)
+        for name in ('ScrubHiddenTests', 'HideHiddenTests'):
+            getattr(cfg, name).course_root = str(self.root)
+        self.config = cfg
+        given_secrets(self.root, common.get('secrets'))
+        atexit.register(shutil.rmtree, self.root, True)
+
+    def intact(self) -> bool:
+        return self.root.is_dir() and _stat(self.root) == self.written
+
+    def clear(self):
+        "Take out what a submission brought in or left: only the files written at the start stay."
+        for p in sorted(self.root.iterdir()):
+            if p.name in _KEPT:
+                continue
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+
+    def remove(self):
+        from . import autograding
+        autograding.given_secrets(self.root, None)
+        for k in [k for k in autograding._CACHE if str(k[0]).startswith(tuple(self.prefixes))]:
+            autograding._CACHE.pop(k, None)         # the notebooks read from here (read once per private course)
+        for prefix in self.prefixes:
+            if prefix in _PRIVATE:
+                _PRIVATE.remove(prefix)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def workspace(common: dict) -> Workspace:
+    "This thread's private course for `common`'s assignment (see Workspace), built when needed."
+    import threading
+    key, me = _fingerprint(common), threading.get_ident()
+    ws = _WORKSPACES.get(me)
+    if ws is not None and (ws.key != key or not ws.intact()):
+        ws.remove()
+        ws = None
+    if ws is None:
+        ws = _WORKSPACES[me] = Workspace(common, key)
+    return ws
+
+
 def grade_submission(common: dict, job: dict) -> dict:
-    """One Dask task: autograde one submission in a private course directory (see the module's docstring).
-    Never touches the course's gradebook. Returns the graded folder, scores, comments and the log."""
+    """One Dask task: autograde one submission in this worker thread's private course directory (see the module's
+    docstring and Workspace). Never touches the course's gradebook. Returns the graded folder, scores, comments,
+    the flags of the graded notebook and the log."""
     start, t0 = time.time(), time.perf_counter()
     assignment, student = common['assignment'], job['student']
     unsafe = bool(common.get('unsafe'))
     out = {'student': student, 'worker': where(), 'start': start, 'success': False, 'error': '', 'log': '',
-           'files': {}, 'notebooks': {}, 'timestamp': None, 'digest': job['digest'], 'unsafe': unsafe}
-    tmp = Path(tempfile.mkdtemp(prefix='tinytorch-grading-'))
-    from .autograding import given_secrets
+           'files': {}, 'notebooks': {}, 'timestamp': None, 'digest': job['digest'], 'unsafe': unsafe, 'flags': {}}
     from .sandbox import SandboxUnavailable
+    ws = None
     try:
         try:
             warm_up(unsafe)
         except SandboxUnavailable as e:
             out['failure'] = f'not graded: {e}'
             raise
-        (tmp / 'nbgrader_config.py').write_text(common['config'])
-        _write_files(tmp / 'source' / assignment, common['source'])
-        _write_files(tmp / 'release' / assignment, common['release'])
-        _write_files(tmp / 'submitted' / student / assignment, job['files'])
-        shutil.copy(_private_gradebook(common['spec'], common['course_id']), tmp / 'gradebook.db')
-        db_url = f"sqlite:///{tmp / 'gradebook.db'}"
+        _unsynced_private_gradebooks()
+        ws = workspace(common)
+        ws.clear()
+        _write_files(ws.root / 'submitted' / student / assignment, job['files'])
+        shutil.copy(ws.template, ws.root / 'gradebook.db')
+        db_url = ws.db_url
 
         import warnings
         from sqlalchemy.exc import SAWarning
@@ -218,16 +354,8 @@ def grade_submission(common: dict, job: dict) -> dict:
         from nbgrader.api import Gradebook
         from nbgrader.apps import NbGraderAPI
         from nbgrader.coursedir import CourseDirectory
-        from .course import load_config
-        cfg = load_config(tmp)
-        cfg.CourseDirectory.root = str(tmp)                   # whatever the config says: the private copy only
-        cfg.CourseDirectory.db_url = db_url
-        cfg.CourseDirectory.course_id = common['course_id']
-        cfg.Restructure.course_root = str(tmp)
-        for name in ('ScrubHiddenTests', 'HideHiddenTests'):
-            getattr(cfg, name).course_root = str(tmp)
+        cfg = ws.config
         cfg.GradingExecute.no_sandbox = unsafe                # the coordinator's decision, not this environment's
-        given_secrets(tmp, common.get('secrets'))
         if job.get('extension'):
             with Gradebook(db_url, common['course_id']) as gb:
                 gb.update_or_create_student(student)
@@ -236,13 +364,21 @@ def grade_submission(common: dict, job: dict) -> dict:
         r = NbGraderAPI(coursedir=CourseDirectory(config=cfg), config=cfg).autograde(
             assignment, student, force=True, create=True)
         out.update(success=bool(r['success']), error=r.get('error') or '', log=r.get('log') or '')
-        out['files'] = folder_files(tmp / 'autograded' / student / assignment)
+        out['files'] = folder_files(ws.root / 'autograded' / student / assignment)
+        for name, data in out['files'].items():            # the grader's flags, read here (plain JSON, no schema)
+            if name.endswith('.ipynb'):
+                try:
+                    out['flags'][name] = json.loads(data).get('metadata', {}).get('tinytorch', {}).get('flags', [])
+                except ValueError:
+                    pass
         with Gradebook(db_url, common['course_id']) as gb:
             try:
                 sub = gb.find_submission(assignment, student)
             except Exception:
                 sub = None
             if sub is not None:
+                from .course import _load_cells
+                cells = _load_cells(gb, sub)                  # noqa: F841 (one query, not one per grade)
                 out['timestamp'] = sub.timestamp.isoformat() if sub.timestamp else None
                 for nb in sub.notebooks:
                     out['notebooks'][nb.name] = {
@@ -254,8 +390,8 @@ def grade_submission(common: dict, job: dict) -> dict:
         out['error'] = (out['error'] + '\n' + traceback.format_exc()).strip()
         out['success'] = False
     finally:
-        given_secrets(tmp, None)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if ws is not None:
+            ws.clear()
     out['seconds'] = round(time.perf_counter() - t0, 2)
     out['end'] = time.time()
     return out
@@ -356,39 +492,125 @@ def _killed(result_student: str, job: dict, attempts: int, error) -> dict:
             'failure': f'grading failed {times} (the worker died each time: killed, out of memory or crashed)'}
 
 
-def run(common: dict, jobs: list, record, scheduler=None, workers=None, log=print, progress=None) -> dict:
+# A local cluster's settings. allowed-failures 1: a task whose worker dies is run once more. worker-saturation 1:
+# a worker holds only the task it runs, so a worker that dies (a submission's fault) counts against that
+# submission alone, never against one queued behind it. No statistical profiler in the workers (it samples the
+# grading thread every 10 ms, for a dashboard that is usually not there), and the periodic upkeep of the
+# scheduler, the nannies and the workers slowed down: with Dask's defaults an idle local cluster of 2 workers took
+# 0.9 CPU s per 20 s (4.6% of a core; 0.17 s with these), from the event loops' 20 ms tick, the nannies' memory
+# polls every 100 ms, the system monitors every 0.5 s and work stealing every 100 ms (nothing to steal when the
+# scheduler holds the queue).
+# The worker processes fork from one process that imported these once (multiprocessing's fork server), instead of
+# each starting a new interpreter and importing them again (~2 s of CPU per worker).
+PRELOAD = ('distributed', 'dask', 'msgpack', 'cloudpickle', 'tornado', 'toolz', 'numpy', 'nbgrader.apps',
+           'coursetools.autograding', 'coursetools.dask_grading')
+LOCAL_CONFIG = {'distributed.scheduler.allowed-failures': RETRIES,
+                'distributed.worker.multiprocessing-method': 'forkserver',
+                'distributed.scheduler.worker-saturation': SATURATION,
+                'distributed.scheduler.work-stealing': False,
+                'distributed.worker.profile.enabled': False,
+                'distributed.admin.tick.interval': '1s',
+                'distributed.admin.system-monitor.interval': '5s',
+                'distributed.worker.memory.monitor-interval': '1s'}
+
+
+class LocalStart:
+    """A local Dask cluster of `workers` single-threaded worker processes (with nannies), started in a background
+    thread so that it starts, and its workers import nbgrader, while the coordinator prepares the batch.
+    `get()` waits for it: (cluster, client); `close()` stops it."""
+
+    def __init__(self, workers: int):
+        import threading
+        self.workers = workers
+        self.cluster = self.client = self.error = None
+        self.thread = threading.Thread(target=self._start, name='tinytorch-local-cluster', daemon=True)
+        self.thread.start()
+
+    def _start(self):
+        import logging
+        try:
+            if LOCAL_CONFIG.get('distributed.worker.multiprocessing-method') == 'forkserver':
+                _start_forkserver()     # first: it imports while this process imports Dask and starts the scheduler
+            import dask
+            import distributed
+            with dask.config.set(LOCAL_CONFIG):
+                self.cluster = distributed.LocalCluster(n_workers=self.workers, threads_per_worker=1,
+                                                        processes=True, dashboard_address=':0',
+                                                        silence_logs=logging.ERROR)
+            self.client = distributed.Client(self.cluster)
+            self.client.run(_import_grading)
+        except BaseException as e:          # raised in the coordinator's thread, by get()
+            self.error = e
+
+    def get(self):
+        self.thread.join()
+        if self.error is not None:
+            self.close()
+            raise self.error
+        return self.cluster, self.client
+
+    def close(self):
+        self.thread.join()
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        if self.cluster is not None or self.error is not None:
+            _stop_forkserver()
+        self.cluster = self.client = self.error = None
+
+
+def _start_forkserver():
+    """Start multiprocessing's fork server for the workers, importing PRELOAD (Dask's nannies then start their
+    worker processes from it)."""
+    import multiprocessing
+    from multiprocessing import forkserver
+    multiprocessing.get_context('forkserver').set_forkserver_preload(list(PRELOAD))
+    forkserver.ensure_running()
+
+
+def _stop_forkserver():
+    """Stop multiprocessing's fork server, if this process started one: the next batch starts its own, with the
+    modules as they are then (and each batch in a process costs what `make grade` costs)."""
+    import multiprocessing.forkserver as fs
+    stop = getattr(getattr(fs, '_forkserver', None), '_stop', None)
+    if stop is not None and getattr(fs._forkserver, '_forkserver_pid', None) is not None:
+        stop()
+
+
+def run(common: dict, jobs: list, record, scheduler=None, workers=None, log=print, progress=None, local=None,
+        checked=None) -> dict:
     """Grade `jobs` (student payloads) on Dask and call `record(result)` in this process as each one finishes
     (it returns a line to print, or None).
-    `scheduler`: the address of a running scheduler; else a local cluster of `workers` processes (default: the
-    cores). Returns {'workers', 'dashboard', 'scheduler'}."""
-    import logging
-    import dask
-    from distributed import Client, LocalCluster, as_completed
+    `scheduler`: the address of a running scheduler; else `local` (a LocalStart by the caller, closed
+    here), else a new local cluster of `workers` processes (default: the cores). `checked`: the reference
+    package's folder when this process has checked it and the sandbox (see warm_up): trusted by a local cluster's
+    workers only. Returns {'workers', 'dashboard', 'scheduler'}."""
+    from distributed import Client, as_completed
     from distributed.scheduler import KilledWorker
     progress = sys.stderr.isatty() if progress is None else progress
-    cluster = None
     if scheduler:
+        if local is not None:
+            local.close()
+            local = None
+        checked = None
         client = Client(scheduler, timeout='30s')
         allowed = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
         saturation = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.WORKER_SATURATION)
     else:
-        workers = workers or os.cpu_count() or 1
-        # no statistical profiler in the workers: it samples the grading thread every 10 ms, for a dashboard
-        # that is usually not there
-        # worker-saturation 1: a worker holds only the task it runs, so a worker that dies (a submission's fault)
-        # counts against that submission alone, never against one queued behind it
-        with dask.config.set({'distributed.scheduler.allowed-failures': RETRIES,
-                              'distributed.scheduler.worker-saturation': SATURATION,
-                              'distributed.worker.profile.enabled': False}):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=':0', silence_logs=logging.ERROR)
-        client = Client(cluster)
+        local = local or LocalStart(workers or os.cpu_count() or 1)
+        client = None
+        try:
+            _, client = local.get()
+        finally:
+            if client is None:
+                local.close()
         allowed, saturation = RETRIES, SATURATION
     bar = None
     guard = Recording().install()
-    info = {'scheduler': client.scheduler.address, 'dashboard': dashboard(client),
-            'workers': len(client.scheduler_info().get('workers', {}))}
     try:
+        info = {'scheduler': client.scheduler.address, 'dashboard': dashboard(client),
+                'workers': len(client.scheduler_info().get('workers', {}))}
         log(f"Dask: scheduler {info['scheduler']}, {info['workers']} workers"
             + (f", dashboard {info['dashboard']}" if info['dashboard'] else ' (no dashboard: bokeh not installed)'))
         if allowed != RETRIES:
@@ -401,8 +623,8 @@ def run(common: dict, jobs: list, record, scheduler=None, workers=None, log=prin
                 f'with DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION={SATURATION}')
         # the workers there now (later ones warm up in their first task): a worker without a usable sandbox
         # stops the batch before anything is graded, as `preflight` does here
-        checked = client.run(warm_up, common['unsafe'], on_error='return')
-        refused = {w: e for w, e in checked.items() if isinstance(e, BaseException)}
+        warmed = client.run(warm_up, common['unsafe'], checked=checked, on_error='return')
+        refused = {w: e for w, e in warmed.items() if isinstance(e, BaseException)}
         if refused:
             from .sandbox import SandboxUnavailable
             if any(isinstance(e, SandboxUnavailable) for e in refused.values()):
@@ -440,7 +662,8 @@ def run(common: dict, jobs: list, record, scheduler=None, workers=None, log=prin
         guard.uninstall()
         if bar is not None:
             bar.close()
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        if local is not None:
+            local.close()
+        else:
+            client.close()
     return info

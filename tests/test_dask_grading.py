@@ -356,3 +356,38 @@ def test_interrupted_batch_resumes(tmp_path):
     assert rest['kept'] == len(first) and rest['graded'] == len(cases) - len(first)
     assert set(rest['submissions']) == set(cases)
     check_gradebook_consistent({'report': rest}, course_dir)
+
+
+def test_a_worker_keeps_its_private_course_for_the_batch(tmp_path):
+    """A worker thread builds its private course once per batch (config, source/, release/; the release notebook and
+    its protection plan read once): a submission brings its files and a fresh gradebook and takes them out after,
+    so the next one is graded alone; a private course whose files changed, or another assignment's batch, gets a
+    new one."""
+    import threading
+    from coursetools import autograding, dask_grading
+    course_dir = course_of(tmp_path)
+    submissions(course_dir, ['cheat', 'solved'])
+    with course.gradebook(course_dir) as gb:
+        common = dask_grading.common_payload(course_dir, A, gb, 'course')
+        cheat, solved = (dask_grading.student_payload(course_dir, A, s, gb) for s in ('cheat', 'solved'))
+    full = sum(g['points'] for g in graded_cells(load(ROOT / 'nbs' / f'{A}.ipynb')))
+    first = dask_grading.grade_submission(common, cheat)
+    ws = dask_grading._WORKSPACES[threading.get_ident()]
+    assert first['success'] and any('patches `fastcore`' in f for f in first['flags'][f'{A}.ipynb']), first['error']
+    assert sorted(p.name for p in ws.root.iterdir()) == ['nbgrader_config.py', 'release', 'source']
+    read = [k for k in autograding._CACHE if str(k[0]).startswith(str(ws.root))]
+    second = dask_grading.grade_submission(common, solved)
+    assert dask_grading._WORKSPACES[threading.get_ident()] is ws and second['success'], second['error']
+    assert [k for k in autograding._CACHE if str(k[0]).startswith(str(ws.root))] == read and len(read) == 1
+    scores = {c: s for nb in second['notebooks'].values() for c, (s, _) in nb['grades'].items()}
+    assert sum(scores.values()) == full and second['flags'] == {f'{A}.ipynb': []}, second['flags']
+
+    released = ws.root / 'release' / A / f'{A}.ipynb'
+    released.write_text(released.read_text().replace('def ', 'def  ', 1))      # changed under the worker: rebuilt
+    third = dask_grading.grade_submission(common, solved)
+    rebuilt = dask_grading._WORKSPACES[threading.get_ident()]
+    assert rebuilt is not ws and not ws.root.exists() and third['notebooks'] == second['notebooks']
+    assert not [k for k in autograding._CACHE if str(k[0]).startswith(str(ws.root))]
+    other = dict(common, source={**common['source'], 'extra.txt': b'data'})
+    dask_grading.grade_submission(other, solved)
+    assert dask_grading._WORKSPACES[threading.get_ident()] is not rebuilt and not rebuilt.root.exists()
