@@ -35,6 +35,15 @@ def test_resume_continues_exactly(tmp_path):
     assert h2['epoch'] == [1, 2, 3]
 
 
+def test_progress_bar_reports_what_means_something_for_a_language_model(capsys):
+    "The bar shows the validation loss and next-token accuracy; exact-sequence accuracy (always 0 here) is not shown."
+    tok, train, val = _data()
+    h = train_language_model(_model(tok), train, val, epochs=1, steps=2, progress=True)
+    err = capsys.readouterr().err
+    assert f"val acc {h['val_token_acc'][-1]:.3f}" in err and f"val loss {h['val_loss'][-1]:.4f}" in err
+    assert 'exact' not in err
+
+
 def test_windows_cover_the_stream_in_order():
     ids = np.arange(1, 42)
     w = token_windows(ids, 8)

@@ -469,9 +469,10 @@ def fit(model, train_loader, val_loader=None, *, optimizer, epochs: int, schedul
 
 
 def _postfix(loss: float, history: dict) -> str:
+    "Running loss, last validation loss and token accuracy (exact match says nothing of a language model's windows)."
     text = f'loss {loss:.4f}'
-    if history.get('val_seq_acc'):
-        text += f", val loss {history['val_loss'][-1]:.4f}, val exact {history['val_seq_acc'][-1]:.3f}"
+    if history.get('val_loss'):
+        text += f", val loss {history['val_loss'][-1]:.4f}, val acc {history['val_token_acc'][-1]:.3f}"
     return text
 
 # %% ../nbs/08_training.ipynb #3d7f1653
