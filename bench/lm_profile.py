@@ -1,4 +1,4 @@
-"""`python -m bench.lm_profile [--steps N] [--clock user|cpu] [--torch] [--products]`: where module 09's step spends its time.
+"""`python -m bench.lm_profile [--steps N] [--clock user|cpu] [--torch] [--products] [--floor]`: where module 09's step spends its time.
 
 The step is `bench_lm`'s (model `lm_config(2048, 'full')`, 16 windows of 128 tokens, cross-entropy, backward, clipping,
 Adam), one BLAS thread. Every `Function` class is timed on its own, forward and backward, plus the optimiser, the
@@ -7,6 +7,8 @@ default) counts this process's user CPU time only: on a shared machine it leaves
 kernel's page-fault work, which moves with the allocator's state rather than with our code. `--torch` adds
 PyTorch's profile of the same network (`bench_lm`'s reference), its operators by self CPU time. `--products`
 replays the step's matrix products alone, in NumPy and in PyTorch: what the step costs before any elementwise work.
+`--floor` replays the step's elementwise passes alone, one NumPy call each into preallocated arrays, as they are and
+cache-blocked: the least that NumPy's one-pass-per-operation costs on top of the products.
 A profiler, not a benchmark: the instrumentation costs a few percent; `python -m bench --only lm` gives the ratio.
 """
 import os
@@ -162,6 +164,81 @@ def products(repeats: int = 11):
     return out
 
 
+def passes(repeats: int = 11, chunks: int = 1):
+    """The elementwise work of one step at its NumPy minimum: every pass the step's arithmetic needs (the LayerNorms,
+    biases, ReLU, residual adds, the causal softmax, cross-entropy, Adam and clipping, forward and backward), each one
+    NumPy call writing into a preallocated array, with no copies, no allocation and no autograd. Each layer has its own
+    arrays, as in the step. Median ms (user time); what the step costs on top of `products`, at the very least.
+    `chunks` = k replays every pass k times on 1/k of the rows (and of Adam's numbers) in arrays reused by all k:
+    what cache blocking could reach at best, the data staying in the CPU's cache from one pass to the next."""
+    rng = np.random.default_rng(0)
+    config = lm_config(2048, 'full')
+    N, d, f, V = config.batch_size * config.seq_len // chunks, config.d_model, config.dim_feedforward, config.vocab_size
+    B, H = config.batch_size // chunks, config.nhead
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)
+    ops = []
+
+    def layer_norm():
+        x, y, xhat, g, w = f32(N, d), f32(N, d), f32(N, d), f32(N, d), f32(d)
+        mean_w, r, gw, ones_n = np.full(d, 1 / d, np.float32), f32(N), f32(d), np.ones(N, np.float32)
+        ops.extend([lambda: np.matmul(x, mean_w, out=r), lambda: np.subtract(x, r[:, None], out=xhat),
+                    lambda: np.einsum('ij,ij->i', xhat, xhat, out=r), lambda: np.multiply(xhat, r[:, None], out=xhat),
+                    lambda: np.multiply(xhat, w, out=y), lambda: np.add(y, w, out=y)])              # forward: 6
+        ops.extend([lambda: np.einsum('ij,ij->j', g, xhat, out=gw), lambda: np.matmul(ones_n, g, out=gw),
+                    lambda: np.multiply(g, w, out=y), lambda: np.matmul(y, mean_w, out=r),
+                    lambda: np.subtract(y, r[:, None], out=y), lambda: np.einsum('ij,ij->i', g, xhat, out=r),
+                    lambda: np.multiply(xhat, r[:, None], out=g), lambda: np.subtract(y, g, out=y),
+                    lambda: np.multiply(y, r[:, None], out=y)])                                      # backward: 9
+
+    def bias(rows, cols):
+        a, b, ones_n = f32(rows, cols), f32(cols), np.ones(rows, np.float32)
+        ops.extend([lambda: np.add(a, b, out=a), lambda: np.matmul(ones_n, a, out=b)])   # add; its gradient's sum
+
+    def add(shape):
+        a, b = f32(*shape), f32(*shape)
+        ops.append(lambda: np.add(a, b, out=a))
+
+    for _ in range(config.num_decoder_layers):
+        layer_norm(), layer_norm()
+        bias(N, 3 * d), bias(N, d), bias(N, f), bias(N, d)                         # in_proj, out_proj, linear1/2
+        add((N, d)), add((N, d)), add((N, d)), add((N, d))                         # residuals, their gradients
+        h, mask = f32(N, f), np.empty((N, f), bool)
+        ops.extend([lambda h=h: np.maximum(h, 0, out=h), lambda h=h, m=mask: np.greater(h, 0, out=m),
+                    lambda h=h, m=mask: np.multiply(h, m, out=h)])                 # ReLU, its mask, its backward
+        o, do, delta = f32(B, H, 128, 32), f32(B, H, 128, 32), f32(B, H, 128, 1)
+        ops.extend([lambda o=o, do=do, r=delta: np.einsum('bhld,bhld->bhl', o, do, out=r[..., 0]),
+                    lambda o=o, r=delta: np.multiply(o, r, out=o)])                # delta; normalising the output
+        for rows, keys in ((64, 64), (64, 128)):                                   # the causal blocks
+            s, p, m, ones_k = f32(B, H, rows, keys), f32(B, H, rows, keys), f32(B, H, rows, 1), np.ones(keys, np.float32)
+            mask = np.where(np.triu(np.ones((rows, keys), bool), keys - rows + 1), -np.inf, 0).astype(np.float32)
+            ops.extend([lambda s=s, k=mask: np.add(s, k, out=s), lambda s=s, m=m: np.max(s, axis=-1, keepdims=True, out=m),
+                        lambda s=s, m=m: np.subtract(s, m, out=s), lambda s=s: np.exp(s, out=s),
+                        lambda s=s, m=m, k=ones_k: np.matmul(s, k, out=m[..., 0]),                # softmax forward
+                        lambda s=s, m=m: np.subtract(s, m, out=s), lambda s=s, p=p: np.multiply(s, p, out=s)])  # dZ
+    layer_norm(), add((N, d))                                                      # ln_f; token + position
+    z, m, ones_v = f32(N, V), f32(N), np.ones(V, np.float32)                       # cross-entropy over (N, V)
+    ops.extend([lambda: np.max(z, axis=1, out=m), lambda: np.subtract(z, m[:, None], out=z), lambda: np.exp(z, out=z),
+                lambda: np.matmul(z, ones_v, out=m), lambda: np.multiply(z, m[:, None], out=z)])
+    P = sum(p.size for p in NextTokenModel(GPT(config)).parameters()) // chunks   # Adam and clipping, one flat array
+    w, g, m1, m2, t = f32(P), f32(P), f32(P), np.abs(f32(P)), f32(P)
+    ops.extend([lambda: np.multiply(m1, 0.9, out=m1), lambda: np.multiply(g, 0.1, out=t), lambda: np.add(m1, t, out=m1),
+                lambda: np.multiply(m2, 0.999, out=m2), lambda: np.multiply(g, g, out=t), lambda: np.multiply(t, 1e-3, out=t),
+                lambda: np.add(m2, t, out=m2), lambda: np.sqrt(m2, out=t), lambda: np.add(t, 1e-8, out=t),
+                lambda: np.divide(m1, t, out=t), lambda: np.multiply(t, 1e-3, out=t), lambda: np.subtract(w, t, out=w),
+                lambda: np.vdot(g, g), lambda: np.multiply(g, 0.5, out=g)])
+    now = CLOCKS['user']
+
+    def run():
+        t0 = now()
+        for op in ops:
+            for _ in range(chunks):
+                op()
+        return 1e3 * (now() - t0)
+    with np.errstate(all='ignore'):
+        run()
+        return dict(passes=len(ops), numpy=sorted(run() for _ in range(repeats))[repeats // 2])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m bench.lm_profile')
     parser.add_argument('--steps', type=int, default=20)
@@ -169,6 +246,8 @@ def main(argv=None):
     parser.add_argument('--torch', action='store_true', help="also print PyTorch's profile of the same step")
     parser.add_argument('--products', action='store_true',
                         help="also replay the step's matrix products alone, in NumPy and in PyTorch")
+    parser.add_argument('--floor', action='store_true',
+                        help="also replay the step's elementwise passes alone, at their NumPy minimum")
     args = parser.parse_args(argv)
     r = profile(args.steps, args.clock)
     print(f"module 09 full training step, 1 thread, {args.clock} time: {r['step_ms']:.1f} ms "
@@ -193,6 +272,10 @@ def main(argv=None):
         torch_ms = f", PyTorch {p['torch']:.1f} ms" if 'torch' in p else ''
         print(f"\nthe step's {p['products']} matrix products alone, back to back (user time, median of 11): "
               f"NumPy {p['numpy']:.1f} ms{torch_ms}")
+    if args.floor:
+        p, hot = passes(), passes(chunks=8)
+        print(f"the step's {p['passes']} elementwise passes alone, one NumPy call each into preallocated arrays "
+              f"(user time, median of 11): {p['numpy']:.1f} ms; in 8 chunks that stay in the cache: {hot['numpy']:.1f} ms")
     return 0
 
 
