@@ -7,8 +7,8 @@ import pytest
 from tinytorch.nn import manual_seed
 from tinytorch.tokenization import BPETokenizer, synthetic_corpus
 from tinytorch.transformer import GPT
-from tinytorch.language_model import (NextTokenModel, encode_texts, lm_config, main, sample_token, token_windows,
-                                      top_p_filter, train_language_model)
+from tinytorch.language_model import (NextTokenModel, encode_texts, lm_config, main, read_texts, sample_token,
+                                      split_text, token_windows, top_p_filter, train_language_model)
 
 
 def _data():
@@ -66,6 +66,70 @@ def test_command_on_own_text(tmp_path):
     assert json.loads((out / 'summary.json').read_text())['val_bits_per_byte'] == summary['val_bits_per_byte']
     again = main(args + ['--resume'])                        # finished: reports, trains no more
     assert again['val_bits_per_byte'] == summary['val_bits_per_byte']
+
+
+def test_read_texts_names_the_file_that_is_wrong(tmp_path):
+    (tmp_path / 'ok.txt').write_text('some text\n')
+    (tmp_path / 'empty.txt').write_text('  \n')
+    (tmp_path / 'bytes.bin').write_bytes(bytes([0x9d, 0xff, 0x00]) * 10)
+    assert read_texts([tmp_path / 'ok.txt']) == {str(tmp_path / 'ok.txt'): 'some text\n'}
+    with pytest.raises(FileNotFoundError, match='no text file at .*missing.txt'):
+        read_texts([tmp_path / 'ok.txt', tmp_path / 'missing.txt'])
+    with pytest.raises(ValueError, match=r'empty.txt is empty'):
+        read_texts([tmp_path / 'empty.txt'])
+    with pytest.raises(ValueError, match=r'bytes.bin is not UTF-8 text \(byte 0x9d at offset 0\)'):
+        read_texts([tmp_path / 'bytes.bin'])
+
+
+def test_split_text_holds_out_the_last_lines():
+    text = ''.join(f'line {i}\n' for i in range(100))
+    train, val = split_text(text)
+    assert train + val == text and train.endswith('\n') and val.startswith('line ')
+    assert 0.08 < len(val) / len(text) < 0.12
+    train, val = split_text('no newline at all ' * 10, held_out=0.5)
+    assert len(train) == 90 and len(val) == 90
+    with pytest.raises(ValueError, match='between 0 and 1, got 1.0'):
+        split_text(text, held_out=1.0)
+
+
+def _bad(args, capsys) -> str:
+    "The command's message for bad input: argparse's exit status 2 and a line on stderr, not a traceback."
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_command_line_says_what_is_wrong(tmp_path, capsys):
+    text = tmp_path / 'text.txt'
+    text.write_text(synthetic_corpus(6000, seed=0))
+    (tmp_path / 'short.txt').write_text('x = 1\n')
+    base = ['--size', 'notebook', '--vocab-size', '300', '--steps', '2', '--no-progress', '--out', str(tmp_path / 'o')]
+    assert 'argument --epochs: expected a whole number of at least 1, got 0' in _bad(base + ['--epochs', '0'], capsys)
+    assert "argument --steps: expected a whole number of at least 1, got 'two'" in _bad(base + ['--steps', 'two'],
+                                                                                         capsys)
+    assert 'no text file at' in _bad(base + ['--text', str(tmp_path / 'nope.txt')], capsys)
+    msg = _bad(base + ['--text', str(text), str(tmp_path / 'short.txt')], capsys)
+    assert 'the validation text' in msg and 'short.txt' in msg and "windows need 65" in msg
+    assert 'vocab_size 100 is below' in _bad(base + ['--vocab-size', '100', '--text', str(text)], capsys)
+    (tmp_path / 'file').write_text('')
+    assert '--out' in _bad(base[:-2] + ['--out', str(tmp_path / 'file' / 'sub'), '--text', str(text)], capsys)
+
+
+@pytest.mark.slow
+def test_one_text_file_is_split_and_resume_checks_the_run(tmp_path, capsys):
+    text = tmp_path / 'text.txt'
+    text.write_text(synthetic_corpus(20000, seed=1))
+    out = tmp_path / 'o'
+    args = ['--size', 'notebook', '--vocab-size', '300', '--steps', '2', '--epochs', '1', '--no-progress',
+            '--out', str(out), '--text', str(text)]
+    main(args)
+    assert list(json.loads((out / 'run.json').read_text())['texts']) == [f'{text} (first 90%)', f'{text} (last 10%)']
+    assert "size 'notebook' then, 'full' now" in _bad(args + ['--resume', '--size', 'full'], capsys)
+    text.write_text(synthetic_corpus(20000, seed=2))
+    assert 'the same text files, with other contents' in _bad(args + ['--resume'], capsys)
+    text.write_text(synthetic_corpus(20000, seed=1))
+    assert main(args[:7] + ['2'] + args[8:] + ['--resume'])['epochs'] == 2     # more epochs: fine
 
 
 def test_sample_token():

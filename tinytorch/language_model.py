@@ -6,13 +6,14 @@ Docs: https://tinytorch.github.io/tinytorch/language_model.html.md"""
 
 # %% auto #0
 __all__ = ['STDLIB_VALIDATION', 'STDLIB_TRAIN', 'NOTEBOOK_TRAIN', 'NOTEBOOK_VALIDATION', 'stdlib_texts', 'read_texts',
-           'encode_texts', 'num_bytes', 'gzip_bits_per_byte', 'token_windows', 'WindowLoader', 'validation_loader',
-           'NextTokenModel', 'lm_loss', 'bits_per_byte', 'unigram_bits_per_byte', 'accumulation_step', 'lm_config',
-           'train_language_model', 'plot_bits_per_byte', 'top_p_filter', 'sample_token', 'complete', 'plot_heads',
-           'main']
+           'split_text', 'encode_texts', 'num_bytes', 'gzip_bits_per_byte', 'token_windows', 'WindowLoader',
+           'validation_loader', 'NextTokenModel', 'lm_loss', 'bits_per_byte', 'unigram_bits_per_byte',
+           'accumulation_step', 'lm_config', 'train_language_model', 'plot_bits_per_byte', 'top_p_filter',
+           'sample_token', 'complete', 'plot_heads', 'main']
 
 # %% ../nbs/09_language_model.ipynb #35a1f36b
 import argparse
+import hashlib
 import gzip
 import json
 import math
@@ -54,13 +55,29 @@ def stdlib_texts(names, root=None) -> dict:
 
 
 def read_texts(paths) -> dict:
-    "Your own text files (path -> text), to train on instead of the standard library."
+    "Your own text files (path -> text), to train on instead of the standard library; each must be non-empty UTF-8."
     out = {}
     for path in map(Path, paths):
         if not path.is_file():
             raise FileNotFoundError(f"no text file at {path}")
-        out[str(path)] = path.read_text(encoding='utf-8')
+        try:
+            text = path.read_text(encoding='utf-8')
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): "
+                             f"give text files") from None
+        if not text.strip():
+            raise ValueError(f"{path} is empty: there is nothing to learn from it")
+        out[str(path)] = text
     return out
+
+
+def split_text(text: str, held_out: float = 0.1) -> tuple:
+    "(training part, validation part) of one text: its last `held_out` fraction, cut at the start of a line."
+    if not 0.0 < held_out < 1.0:
+        raise ValueError(f"held_out must be a fraction strictly between 0 and 1, got {held_out!r}")
+    at = int(len(text) * (1.0 - held_out))
+    cut = text.rfind('\n', 0, at) + 1 or at                  # a line start before the point; mid-line without one
+    return text[:cut], text[cut:]
 
 
 def encode_texts(tokenizer: Tokenizer, texts) -> np.ndarray:
@@ -306,14 +323,26 @@ def _report(epoch: int, history: dict, train_bpb, to_bpb) -> bool:
     return False
 
 
+def _positive_int(text: str) -> int:
+    "argparse type: a whole number of at least 1."
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='python -m tinytorch.language_model',
                                 description="Train the module's GPT on Python's standard library (or your text).")
     p.add_argument('--size', default='full', choices=['notebook', 'full'], help="model configuration (default full)")
-    p.add_argument('--vocab-size', type=int, default=2048, help='BPE vocabulary (default 2048)')
-    p.add_argument('--epochs', type=int, default=12)
-    p.add_argument('--steps', type=int, default=200, help='optimiser steps per epoch (default 200)')
-    p.add_argument('--text', nargs='+', help='train on these text files (the last is validation) instead')
+    p.add_argument('--vocab-size', type=_positive_int, default=2048, help='BPE vocabulary (default 2048)')
+    p.add_argument('--epochs', type=_positive_int, default=12)
+    p.add_argument('--steps', type=_positive_int, default=200, help='optimiser steps per epoch (default 200)')
+    p.add_argument('--text', nargs='+', help='train on these text files instead: the last is validation (one file '
+                                             'is split: its last tenth is validation)')
     p.add_argument('--prompt', default='    def __init__(self', help='what the samples continue')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--out', default='artifacts/lm', help='checkpoint, tokenizer, figures, samples and summary')
@@ -322,29 +351,77 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/09_language_model.ipynb #e7756cae
+def _texts(args, parser) -> tuple:
+    "(training texts, validation texts), name -> text: the standard library's, or the files of --text."
+    if not args.text:
+        return stdlib_texts(STDLIB_TRAIN), stdlib_texts(STDLIB_VALIDATION)
+    try:
+        texts = read_texts(args.text)
+    except (OSError, ValueError) as e:
+        parser.error(f"--text: {e}")
+    names = list(texts)
+    if len(names) == 1:                                       # one file: its last tenth is the validation text
+        train, val = split_text(texts[names[0]])
+        return {f'{names[0]} (first 90%)': train}, {f'{names[0]} (last 10%)': val}
+    return {n: texts[n] for n in names[:-1]}, {names[-1]: texts[names[-1]]}
+
+
+def _same_run(out: Path, run: dict, resume: bool, parser):
+    "With --resume, the run in `out` must be this one (more epochs are fine); then `run` is written to out/run.json."
+    path = out / 'run.json'
+    if resume and path.exists():
+        before = json.loads(path.read_text())
+        changed = [f"{k} {before.get(k)!r} then, {v!r} now" for k, v in run.items()
+                   if k not in ('epochs', 'texts') and before.get(k) != v]
+        then = before.get('texts', {})
+        if then != run['texts']:                              # file names, and a fingerprint of each text
+            names = ', '.join(then), ', '.join(run['texts'])
+            changed.append(f"text {names[0]} then, {names[1]} now" if list(then) != list(run['texts'])
+                           else 'the same text files, with other contents')
+        if changed:
+            parser.error(f"--resume: the run in {out} was started differently ({'; '.join(changed)}); "
+                         f"give another --out for a new run, or drop --resume to start this one afresh")
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(run, indent=1))
+    tmp.replace(path)
+
+
 def main(argv=None) -> dict:
     "Train, evaluate, sample and plot; returns the summary that is also written to <out>/summary.json."
-    args, start = _parser().parse_args(argv), time.perf_counter()
+    parser = _parser()
+    args, start = parser.parse_args(argv), time.perf_counter()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.text:
-        texts = read_texts(args.text)
-        names = list(texts)
-        train_texts, val_texts = {n: texts[n] for n in names[:-1]}, {names[-1]: texts[names[-1]]}
-    else:
-        train_texts, val_texts = stdlib_texts(STDLIB_TRAIN), stdlib_texts(STDLIB_VALIDATION)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"--out {out}: cannot make the folder ({e.strerror})")
+    train_texts, val_texts = _texts(args, parser)
+    resuming = args.resume and (out / 'checkpoint.npz').exists()   # else a fresh run, whatever else is in out
+    _same_run(out, dict(size=args.size, vocab_size=args.vocab_size, steps=args.steps, seed=args.seed,
+                        epochs=args.epochs,
+                        texts={name: hashlib.sha256(text.encode()).hexdigest()[:16]
+                               for name, text in {**train_texts, **val_texts}.items()}),
+              resuming, parser)
     tok_path = out / 'tokenizer.json'
-    if args.resume and tok_path.exists():
+    if resuming and tok_path.exists():
         tokenizer = Tokenizer.load(tok_path)
     else:
-        tokenizer = BPETokenizer().train(list(train_texts.values()), args.vocab_size)
+        try:
+            tokenizer = BPETokenizer().train(list(train_texts.values()), args.vocab_size)
+        except ValueError as e:                               # a vocabulary below the 260 bytes and specials
+            parser.error(f"--vocab-size: {e}")
         tokenizer.save(tok_path)
     train_ids, val_ids = encode_texts(tokenizer, train_texts.values()), encode_texts(tokenizer, val_texts.values())
+    config = lm_config(tokenizer.vocab_size, args.size)
+    for what, ids, names in (('training', train_ids, train_texts), ('validation', val_ids, val_texts)):
+        if len(ids) < config.seq_len + 1:
+            parser.error(f"the {what} text ({', '.join(names)}) is {len(ids)} tokens long, and the {args.size} "
+                         f"model's windows need {config.seq_len + 1}: give more text"
+                         + (" (or --size notebook)" if args.size == 'full' else ''))
     val_bytes = num_bytes(val_texts.values())
     to_bpb = lambda loss: bits_per_byte(loss, len(val_ids), val_bytes)
     train_bpb = lambda loss: bits_per_byte(loss, len(train_ids), num_bytes(train_texts.values()))
     unigram = unigram_bits_per_byte(train_ids, val_ids, tokenizer.vocab_size, val_bytes)
-    config = lm_config(tokenizer.vocab_size, args.size)
     manual_seed(args.seed)
     model = NextTokenModel(GPT(config))
     print(f"{len(train_texts)} training files ({len(train_ids):,} tokens), {len(val_texts)} validation files "
