@@ -45,8 +45,29 @@ def test_dict_round_trip(prefix):
 def test_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='config.json'):
         load_gpt2(tmp_path)
-    with pytest.raises(KeyError, match='wte.weight'):
+    with pytest.raises(KeyError, match='it needs wte.weight and wpe.weight, and has h.0.ln_1.weight'):
         load_gpt2({'h.0.ln_1.weight': np.ones(4)})
+    with pytest.raises(TypeError, match='a checkpoint directory .* or a dict of arrays, got int'):
+        load_gpt2(42)
+    state = _as_hf(_small_gpt())
+    del state['transformer.h.1.mlp.c_fc.bias']
+    with pytest.raises(KeyError, match=r'1 of its 40 arrays are missing, h.1.mlp.c_fc.bias'):
+        load_gpt2(state, nhead=4, activation='gelu')
+    state = _as_hf(_small_gpt())
+    state['transformer.h.5.ln_1.weight'] = np.ones(32)            # layers 3 and 4 missing: a gap
+    with pytest.raises(KeyError, match=r'35 of its 76 arrays are missing, h.3.ln_1.weight'):
+        load_gpt2(state, nhead=4, activation='gelu')
+    state = {k: v for k, v in _as_hf(_small_gpt()).items() if '.h.0.' not in k}   # no first layer at all
+    with pytest.raises(KeyError, match=r'12 of its 40 arrays are missing, h.0.ln_1.weight'):
+        load_gpt2(state, nhead=4, activation='gelu')
+    (tmp_path / 'config.json').write_text('{"n_head": 4,')
+    (tmp_path / 'model.safetensors').write_bytes(b'not a safetensors file')
+    with pytest.raises(ValueError, match='config.json is not valid JSON'):
+        load_gpt2(tmp_path)
+    (tmp_path / 'config.json').write_text('{"n_head": 4}')
+    pytest.importorskip('safetensors')
+    with pytest.raises(ValueError, match='model.safetensors is not a readable safetensors file'):
+        load_gpt2(tmp_path)
 
 
 def _hf_pair(tmp_path, activation):

@@ -14,6 +14,7 @@ __all__ = ['PRESETS', 'TransformerConfig', 'config_problems', 'parameter_counts'
 import copy
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
@@ -796,6 +797,14 @@ _HF_ACTIVATIONS = {'gelu_new': 'gelu_tanh', 'gelu_pytorch_tanh': 'gelu_tanh', 'g
 def _gpt2_state(arrays: dict, num_layers: int) -> dict:
     "Hugging Face GPT-2 arrays (prefix 'transformer.' optional) renamed and transposed to `GPT.state_dict()` form."
     a = {k.removeprefix('transformer.'): np.asarray(v, dtype=np.float32) for k, v in arrays.items()}
+    needed = ['wte.weight', 'wpe.weight', 'ln_f.weight', 'ln_f.bias'] + [
+        f'h.{i}.{part}.{kind}' for i in range(num_layers) for part in ('ln_1', 'attn.c_attn', 'attn.c_proj', 'ln_2',
+                                                                        'mlp.c_fc', 'mlp.c_proj')
+        for kind in ('weight', 'bias')]
+    missing = [k for k in needed if k not in a]
+    if missing:
+        raise KeyError(f"not a whole GPT-2 state: {len(missing)} of its {len(needed)} arrays are missing, "
+                       f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}")
     state = {'tok_emb.weight': a['wte.weight'], 'pos_emb.weight': a['wpe.weight'],
              'ln_f.weight': a['ln_f.weight'], 'ln_f.bias': a['ln_f.bias'], 'lm_head.weight': a['wte.weight']}
     for i in range(num_layers):
@@ -815,26 +824,37 @@ def load_gpt2(source, nhead: int = None, activation: str = None) -> GPT:
     hf = {}
     if isinstance(source, dict):
         arrays = source
-    else:
+    elif isinstance(source, (str, os.PathLike)):
         from pathlib import Path
         path = Path(source)
         if not (path / 'config.json').is_file() or not (path / 'model.safetensors').is_file():
             raise FileNotFoundError(f"{path} is not a GPT-2 checkpoint directory: it needs config.json and "
                                     f"model.safetensors (see the docs of load_gpt2 for how to get them)")
-        hf = json.loads((path / 'config.json').read_text())
+        try:
+            hf = json.loads((path / 'config.json').read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path / 'config.json'} is not valid JSON ({e})") from None
         try:
             from safetensors.numpy import load_file
         except ImportError:
             raise ImportError("reading model.safetensors needs the safetensors package: "
                               "pip install 'tinytorch[gpt2]'") from None
-        arrays = load_file(path / 'model.safetensors')
+        try:
+            arrays = load_file(path / 'model.safetensors')
+        except Exception as e:                       # safetensors' own error type: a file it cannot read
+            raise ValueError(f"{path / 'model.safetensors'} is not a readable safetensors file ({e})") from None
+    else:
+        raise TypeError(f"load_gpt2 takes a checkpoint directory (a path) or a dict of arrays, "
+                        f"got {type(source).__name__}")
     keys = {k.removeprefix('transformer.') for k in arrays}
     if 'wte.weight' not in keys or 'wpe.weight' not in keys:
-        raise KeyError(f"not a GPT-2 state: no wte.weight / wpe.weight among {sorted(keys)[:6]}...")
+        raise KeyError(f"not a GPT-2 state: it needs wte.weight and wpe.weight, and has "
+                       f"{', '.join(sorted(keys)[:6]) or 'no arrays'}{', ...' if len(keys) > 6 else ''}")
     get = lambda k: np.asarray(arrays[k if k in arrays else 'transformer.' + k])
     wte, wpe = get('wte.weight'), get('wpe.weight')
-    d, L = wte.shape[1], len({k.split('.')[1] for k in keys if k.startswith('h.')})
-    f = get('h.0.mlp.c_fc.weight').shape[1] if L else 4 * d          # Conv1D: (d_model, dim_feedforward)
+    layers = {int(k.split('.')[1]) for k in keys if k.startswith('h.') and k.split('.')[1].isdigit()}
+    d, L = wte.shape[1], max(layers, default=-1) + 1                # h.0 ... h.{L-1}: a gap is an error below
+    f = get('h.0.mlp.c_fc.weight').shape[1] if 'h.0.mlp.c_fc.weight' in keys else 4 * d          # Conv1D: (d_model, dim_feedforward)
     hf_activation = hf.get('activation_function', 'gelu_new')      # GPT-2's: GELU, tanh approximation
     if activation is None and hf_activation not in _HF_ACTIVATIONS:
         raise ValueError(f"activation_function {hf_activation!r} has no counterpart here; known: "
