@@ -7,8 +7,10 @@ import pytest
 from tinytorch.nn import manual_seed
 from tinytorch.tokenization import BPETokenizer, synthetic_corpus
 from tinytorch.transformer import GPT
-from tinytorch.language_model import (NextTokenModel, encode_texts, lm_config, main, read_texts, sample_token,
-                                      split_text, token_windows, top_p_filter, train_language_model)
+from tinytorch.language_model import (NextTokenModel, accumulation_step, bits_per_byte, complete, encode_texts,
+                                      lm_config, main, read_texts, sample_token, split_text, token_windows,
+                                      top_p_filter, train_language_model)
+from tinytorch.optim import Adam
 
 
 def _data():
@@ -90,6 +92,23 @@ def test_split_text_holds_out_the_last_lines():
     assert len(train) == 90 and len(val) == 90
     with pytest.raises(ValueError, match='between 0 and 1, got 1.0'):
         split_text(text, held_out=1.0)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match='num_bytes >= 1, got num_tokens=10, num_bytes=0'):
+        bits_per_byte(1.0, 10, 0)
+    with pytest.raises(ValueError, match='num_tokens=-1'):
+        bits_per_byte(1.0, -1, 10)
+    tok, _, _ = _data()
+    gpt = _model(tok).gpt
+    with pytest.raises(ValueError, match='max_new_tokens must be an integer >= 0, got -1'):
+        complete(gpt, tok, 'def', -1)
+    assert complete(gpt, tok, 'def', 0) == 'def'
+    opt = Adam(gpt.parameters())
+    with pytest.raises(ValueError, match=r'shape \(batch, T \+ 1\) with T >= 1, got int64 of shape \(17,\)'):
+        accumulation_step(gpt, opt, np.zeros(17, dtype=np.int64), 1)
+    with pytest.raises(ValueError, match='got float64 of shape'):
+        accumulation_step(gpt, opt, np.zeros((4, 17)), 1)
 
 
 def _bad(args, capsys) -> str:

@@ -172,6 +172,9 @@ def lm_loss(logits: Tensor, targets) -> Tensor:
 # %% ../nbs/09_language_model.ipynb #5b3d1166
 def bits_per_byte(loss: float, num_tokens: int, num_bytes: int) -> float:
     "A mean loss in nats per token, over `num_tokens` tokens that encode `num_bytes` bytes, in bits per byte."
+    if not (num_tokens >= 0 and num_bytes >= 1):
+        raise ValueError(f"bits per byte needs num_tokens >= 0 and num_bytes >= 1, got num_tokens={num_tokens!r}, "
+                         f"num_bytes={num_bytes!r}")
     return float(loss) * num_tokens / (num_bytes * math.log(2))
 
 
@@ -187,6 +190,9 @@ def unigram_bits_per_byte(train_ids, val_ids, vocab_size: int, num_bytes: int) -
 def accumulation_step(model: GPT, optimizer, windows, accum_steps: int = 1, clip_grad_norm: float = None) -> float:
     "One optimiser step on the windows (B, T + 1), in `accum_steps` micro-batches whose gradients add up; the mean loss."
     windows = np.asarray(windows)
+    if windows.ndim != 2 or windows.shape[1] < 2 or not np.issubdtype(windows.dtype, np.integer):
+        raise ValueError(f"windows must be integer token ids of shape (batch, T + 1) with T >= 1, got "
+                         f"{windows.dtype} of shape {windows.shape}")
     if not (isinstance(accum_steps, (int, np.integer)) and 1 <= accum_steps <= len(windows)):
         raise ValueError(f"accum_steps must be an integer in [1, {len(windows)}] (the batch size), got {accum_steps!r}")
     optimizer.zero_grad()
@@ -280,6 +286,8 @@ def sample_token(logits, temperature: float = 1.0, top_k: int = None, top_p: flo
 def complete(model: GPT, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 100, temperature: float = 1.0,
              top_k: int = None, top_p: float = None, seed: int = None) -> str:
     "`prompt` continued by `max_new_tokens` sampled tokens (the text starts after an EOS, like every training file)."
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     generator = np.random.default_rng(seed)
     idx = np.array([[EOS_ID] + tokenizer.encode(prompt)], dtype=np.int64)
     T, start, was_training = model.config.seq_len, idx.shape[1], model.training
