@@ -1117,14 +1117,15 @@ def test_package_view_withholds_the_graded_module_and_the_later_ones(tmp_path):
     (pkg / '.ipynb_checkpoints' / 'b-checkpoint.py').write_text(header.format('01_b', 'b'))
     (pkg / '__init__.py').write_text('from .a import *\nfrom .b import *\nfrom .c import *\n')
     (pkg / '_modidx.py').write_text('d = {}\n')
+    (pkg / 'b_copy.py').write_text('def f():\n    return "b"\n')       # a copy without nbdev's header: unknown
     for pyc in ['a.cpython-311.pyc', '__init__.cpython-311.pyc', 'b.cpython-311.pyc', 'b.cpython-311.opt-1.pyc',
                 'c.cpython-312.pyc', 'gone.cpython-311.pyc']:
         (pkg / '__pycache__' / pyc).write_bytes(b'compiled')
     args, withheld = package_view(pkg, 'b', '01_b', tmp_path / 'view')
-    assert withheld == ['b', 'b_old', 'c']
+    assert withheld == ['b', 'b_copy', 'b_old', 'c']
     binds = _binds(args)
-    assert set(binds) == {str(pkg / n) for n in ['__init__.py', '_modidx.py', 'a.py', 'b.py', 'b_old.py', 'c.py',
-                                                  '__pycache__']}
+    assert set(binds) == {str(pkg / n) for n in ['__init__.py', '_modidx.py', 'a.py', 'b.py', 'b_copy.py', 'b_old.py',
+                                                  'c.py', '__pycache__']}
     assert all(binds[str(pkg / n)] == str(pkg / n) for n in ['__init__.py', '_modidx.py', 'a.py'])
     assert sorted(p.name for p in Path(binds[str(pkg / '__pycache__')]).iterdir()) == \
         ['__init__.cpython-311.pyc', 'a.cpython-311.pyc']
@@ -1138,6 +1139,7 @@ def test_package_view_withholds_the_graded_module_and_the_later_ones(tmp_path):
     with pytest.raises(ImportError, match="tinytorch.b is withheld while 01_b is graded: your notebook's own cells"):
         b.f
     assert 'tinytorch.c is withheld while 01_b is graded: it comes after 01_b' in stubs['c'].read_text()
+    assert 'tinytorch.b_copy is withheld while 01_b is graded: no notebook exported it' in stubs['b_copy'].read_text()
 
 
 def test_grading_kernel_sees_the_modules_before_the_graded_one_only(tmp_path):
