@@ -30,8 +30,10 @@ repository and the instructor's home are not in the sandbox, so a submission can
 from them nor write to them. What stays readable: the reference solutions of the modules *before* the graded one
 (a submission that prints them has them scrubbed from its outputs and is flagged, coursetools/autograding.py),
 and whatever else is installed in the venv (torch, if the instructor installed it, is a library a submission may
-import like numpy). A stray copy of a module's solutions without nbdev's header, inside the package's folder
-under another `.py` name, would stay readable: keep the package folder as `nbdev-export` writes it.
+import like numpy). A `.py` file in the package's folder without nbdev's header (say, a stray copy of a module's
+solutions) is withheld too: only `__init__.py` and `_modidx.py` are kept without one. The view's `__init__.py` is
+the package's with a module `__getattr__` added, so that `from tinytorch import X` of a withheld X raises an
+ImportError naming X's module and why, instead of Python's "cannot import name".
 
 **How the grader talks to the kernel.** Jupyter's default transport is TCP on 127.0.0.1, but the sandbox has its
 own empty network namespace, so the grader could not reach those ports (and sharing the host's network would
@@ -54,6 +56,7 @@ sandbox dies with the grader (`--die-with-parent`).
 autograde with the course's config (the local process pool, a Dask worker) grades in the sandbox; call
 `check()` (or `coursetools.course.preflight`) once before grading, on each machine that grades.
 """
+import ast
 import copy
 import importlib.util
 import os
@@ -124,6 +127,42 @@ def __getattr__(name):
 '''
 
 
+INIT_GETATTR = '''
+
+# Added by the grading sandbox (coursetools/sandbox.py): a name from a withheld module says why it is missing.
+_WITHHELD = {names!r}
+
+
+def __getattr__(name):
+    if name not in _WITHHELD:
+        raise AttributeError(f"module {{__name__!r}} has no attribute {{name!r}}")
+    try:
+        from coursetools.guard import withheld
+        withheld(__name__, name)                            # the grader flags the attempt
+    except ImportError:
+        pass
+    raise ImportError(f"{{name}} comes from {{_WITHHELD[name]}}", name=__name__)
+'''
+
+
+def public_names(path) -> list:
+    "The names a module file exports: its literal `__all__` (nbdev writes one), else its public top-level names."
+    try:
+        tree = ast.parse(Path(path).read_text(encoding='utf-8'))
+    except (OSError, SyntaxError, ValueError):
+        return []
+    names = []
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == '__all__' for t in node.targets):
+            try:
+                return [n for n in ast.literal_eval(node.value) if isinstance(n, str)]
+            except ValueError:
+                pass
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not node.name.startswith('_'):
+            names.append(node.name)
+    return names
+
+
 def exported_from(path):
     "The notebook (its stem) that nbdev exported the file `path` from, read from its header; None for other files."
     try:
@@ -155,7 +194,7 @@ def package_view(package_dir, module: str, notebook: str, folder) -> tuple:
     folder = Path(folder)
     cache = folder / '__pycache__'
     cache.mkdir(parents=True)
-    args, kept, withheld = ['--perms', '0755', '--tmpfs', str(pkg)], [], []
+    args, kept, withheld, names, init = ['--perms', '0755', '--tmpfs', str(pkg)], [], [], {}, None
     for p in sorted(pkg.glob('*.py')):        # modules only: no subfolder, data file or stray copy of another kind
         name, source = p.stem, exported_from(p)
         if (name == module or (source is None and name not in PACKAGE_FILES)
@@ -166,9 +205,17 @@ def package_view(package_dir, module: str, notebook: str, folder) -> tuple:
             stub.write_text(STUB.format(message=f'tinytorch.{name} is withheld while {key} is graded: {why}.'))
             args += ['--ro-bind', str(stub), str(p)]
             withheld.append(name)
-        else:
+            for n in public_names(p):
+                names.setdefault(n, f'tinytorch.{name}, which is withheld while {key} is graded: {why}.')
+        elif name == '__init__' and '__getattr__' not in p.read_text(encoding='utf-8', errors='replace'):
+            init = p                         # `from tinytorch import X` of a withheld X: an ImportError saying why
+            args += ['--ro-bind', str(folder / p.name), str(p)]   # written below, once every name is known;
+        else:                                                      # its .pyc (of the original) is left out
             args += ['--ro-bind', str(p), str(p)]
             kept.append(name)
+    if init is not None:
+        (folder / '__init__.py').write_text(init.read_text(encoding='utf-8')
+                                            + INIT_GETATTR.format(names=dict(sorted(names.items()))))
     for pyc in sorted((pkg / '__pycache__').glob('*.pyc')) if (pkg / '__pycache__').is_dir() else []:
         if pyc.name.split('.')[0] in kept:
             shutil.copy(pyc, cache / pyc.name)

@@ -1126,9 +1126,12 @@ def test_package_view_withholds_the_graded_module_and_the_later_ones(tmp_path):
     binds = _binds(args)
     assert set(binds) == {str(pkg / n) for n in ['__init__.py', '_modidx.py', 'a.py', 'b.py', 'b_copy.py', 'b_old.py',
                                                   'c.py', '__pycache__']}
-    assert all(binds[str(pkg / n)] == str(pkg / n) for n in ['__init__.py', '_modidx.py', 'a.py'])
-    assert sorted(p.name for p in Path(binds[str(pkg / '__pycache__')]).iterdir()) == \
-        ['__init__.cpython-311.pyc', 'a.cpython-311.pyc']
+    assert all(binds[str(pkg / n)] == str(pkg / n) for n in ['_modidx.py', 'a.py'])
+    init = Path(binds[str(pkg / '__init__.py')]).read_text()         # the package's, and a __getattr__ naming why
+    assert init.startswith((pkg / '__init__.py').read_text()) and 'def __getattr__(name):' in init
+    assert repr({'f': "tinytorch.b, which is withheld while 01_b is graded: your notebook's own cells define it."}
+                )[1:-1] in init
+    assert sorted(p.name for p in Path(binds[str(pkg / '__pycache__')]).iterdir()) == ['a.cpython-311.pyc']
     assert args[:4] == ['--perms', '0755', '--tmpfs', str(pkg)] and args[-2:] == ['--remount-ro', str(pkg)]
     stubs = {n: Path(binds[str(pkg / f'{n}.py')]) for n in withheld}
     assert not [n for n, p in stubs.items() if 'return' in p.read_text()]
@@ -1158,9 +1161,11 @@ def test_grading_kernel_sees_the_modules_before_the_graded_one_only(tmp_path):
                 'out = {"names": sorted(n for n in dir(tinytorch) if not n.startswith("_")),\n'
                 '       "cache": os.listdir(os.path.join(os.path.dirname(tinytorch.__file__), "__pycache__"))}\n'
                 'for stmt in ["from tinytorch.attention import causal_mask", "tinytorch.transformer.GPT", '
-                '"from tinytorch.nn import Linear"]:\n'
+                '"from tinytorch.nn import Linear", "from tinytorch import MultiheadAttention", '
+                '"from tinytorch import Linear, GPT", "tinytorch.no_such_name"]:\n'
                 '    try:\n        exec(stmt)\n        out[stmt] = "ok"\n'
-                '    except ImportError as e:\n        out[stmt] = str(e)\nprint(json.dumps(out))')
+                '    except (ImportError, AttributeError) as e:\n        out[stmt] = type(e).__name__ + ": " + str(e)\n'
+                'print(json.dumps(out))')
         r = subprocess.run(box.command([sys.executable, '-c', code], top / 'work', top / 'ipc', top / 'home'),
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
@@ -1172,10 +1177,17 @@ def test_grading_kernel_sees_the_modules_before_the_graded_one_only(tmp_path):
     assert kept and kept <= set(out['names']) <= {n for n in dir(tinytorch) if not n.startswith('_')}
     assert not ({'MultiheadAttention', 'causal_mask', 'GPT'} & set(out['names']))
     assert not [f for f in out['cache'] if f.split('.')[0] not in set(before) | {'__init__', '_modidx'}]
-    assert out['from tinytorch.attention import causal_mask'] == \
-        "tinytorch.attention is withheld while 06_attention is graded: your notebook's own cells define it."
-    assert out['tinytorch.transformer.GPT'].startswith('tinytorch.transformer is withheld while 06_attention is')
+    assert out['from tinytorch.attention import causal_mask'] == ("ImportError: tinytorch.attention is withheld "
+                                                                 "while 06_attention is graded: your notebook's own "
+                                                                 "cells define it.")
+    assert out['tinytorch.transformer.GPT'].startswith('ImportError: tinytorch.transformer is withheld while 06_')
     assert out['from tinytorch.nn import Linear'] == 'ok'
+    assert out['from tinytorch import MultiheadAttention'] == (       # the package names the module, and why
+        "ImportError: MultiheadAttention comes from tinytorch.attention, which is withheld while 06_attention is "
+        "graded: your notebook's own cells define it.")
+    assert out['from tinytorch import Linear, GPT'].startswith(
+        'ImportError: GPT comes from tinytorch.transformer, which is withheld while 06_attention is graded: it comes')
+    assert out['tinytorch.no_such_name'] == "AttributeError: module 'tinytorch' has no attribute 'no_such_name'"
 
 
 @pytest.mark.slow
