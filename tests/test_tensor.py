@@ -183,6 +183,9 @@ def test_deep_graph_does_not_recurse():
     (lambda: Tensor(np.ones((2, 3))).masked_fill(np.ones(3), 0.0), 'must be boolean'),
     (lambda: Tensor(np.ones((2, 3))).masked_fill(np.ones((4, 3), bool), 0.0), 'does not broadcast'),
     (lambda: gelu(Tensor([1.0]), approximate='fast'), "approximate must be 'none' or 'tanh'"),
+    (lambda: Tensor(None), 'got None in None'),                        # NumPy would make these NaN, silently
+    (lambda: Tensor([[1.0, 2.0], [3.0, None]]), 'got None in [[1.0, 2.0], [3.0, None]]'),
+    (lambda: Tensor(np.ones(3)).sum(dim=0), "unexpected keyword argument 'dim'"),   # documented: NumPy's names
 ])
 def test_clear_errors(make, message):
     with pytest.raises((TypeError, ValueError, RuntimeError)) as err:
@@ -216,3 +219,8 @@ def test_matches_torch():
         yb.backward(torch.tensor(w))
         np.testing.assert_allclose(ya.data, yb.detach().numpy(), rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(a.grad, b.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_nan_and_none_free_data_still_converts():
+    assert np.isnan(Tensor([1.0, float('nan')]).data[1]) and np.isnan(Tensor(np.array([np.nan])).data[0])
+    assert Tensor([[1, 2], [3, 4]]).dtype == np.float32 and Tensor((1, 2), dtype=np.int64).dtype == np.int64

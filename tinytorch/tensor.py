@@ -77,6 +77,11 @@ class Function:
         return result
 
 # %% ../nbs/00_tensor.ipynb #7d3971f1
+def _holds_none(data) -> bool:
+    "Whether `data` is None or a (nested) list or tuple holding one: NumPy would silently make it NaN."
+    return data is None or (isinstance(data, (list, tuple)) and any(_holds_none(x) for x in data))
+
+
 class Tensor:
     "A NumPy array with reverse-mode automatic differentiation."
     __array_ufunc__ = None   # `np.float64(2) * t` and `array + t` call the Tensor's operators, not NumPy's loops
@@ -89,6 +94,9 @@ class Tensor:
         except (TypeError, ValueError) as e:
             raise TypeError(f"Tensor data must be numbers or an array of numbers, got {type(data).__name__}: "
                             f"{data!r:.80}") from e
+        if (array.dtype.kind == 'f' and not isinstance(data, np.ndarray) and np.isnan(array).any()
+                and _holds_none(data)):
+            raise TypeError(f"Tensor data must be numbers or an array of numbers, got None in {data!r:.80}")
         self._init(array, requires_grad)
 
     def _init(self, array: np.ndarray, requires_grad: bool):
@@ -174,10 +182,21 @@ class Tensor:
     # --- methods
     def exp(self): return Exp.apply(_floating(self))
     def log(self): return Log.apply(_floating(self))
-    def sum(self, axis=None, keepdims=False): return Sum.apply(self, axis=axis, keepdims=keepdims)
+    # Reductions and softmax take NumPy's argument names, `axis` and `keepdims`, which PyTorch accepts too;
+    # PyTorch's own `dim` and `keepdim` are not accepted here (a TypeError names them).
+    def sum(self, axis=None, keepdims=False):
+        "Sum over `axis` (all axes when None); NumPy's names, as PyTorch also allows (not `dim`/`keepdim`)."
+        return Sum.apply(self, axis=axis, keepdims=keepdims)
+
     def mean(self, axis=None, keepdims=False):
+        "Mean over `axis` (all axes when None); NumPy's names, as PyTorch also allows (not `dim`/`keepdim`)."
         return Mean.apply(_need_floating(self, 'mean'), axis=axis, keepdims=keepdims)
-    def max(self, axis=None, keepdims=False): return Max.apply(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis=None, keepdims=False):
+        """Maximum over `axis` (all axes when None). Unlike PyTorch, whose `max(dim)` returns (values, indices),
+        it returns the values only, as NumPy's `max` does."""
+        return Max.apply(self, axis=axis, keepdims=keepdims)
+
     def reshape(self, *shape): return Reshape.apply(self, shape=_shape_arg(shape))
     def permute(self, *dims): return Permute.apply(self, dims=_shape_arg(dims))
     def transpose(self, dim0=-2, dim1=-1): return Permute.apply(self, dims=_swap(self.ndim, dim0, dim1))
