@@ -389,6 +389,8 @@ def test_parameter_list_errors():
         StepLR(SGD([p], lr=0.1), step_size=0)
     with pytest.raises(ValueError, match='expected 1 lr_lambdas'):
         LambdaLR(SGD([p], lr=0.1), [lambda t: 1.0, lambda t: 1.0])
+    with pytest.raises(TypeError, match="lr_lambda must be a function of the step .* got float: 0.5"):
+        LambdaLR(SGD([p], lr=0.1), 0.5)           # PyTorch fails later, in step(): "'float' object is not callable"
 
 
 # ---------------------------------------------------------------- against PyTorch

@@ -293,6 +293,10 @@ class LambdaLR(LRScheduler):
         self.lr_lambdas = list(lr_lambda) if isinstance(lr_lambda, (list, tuple)) else [lr_lambda] * n
         if len(self.lr_lambdas) != n:
             raise ValueError(f"expected {n} lr_lambdas (one per parameter group), got {len(self.lr_lambdas)}")
+        for f in self.lr_lambdas:
+            if not callable(f):
+                raise TypeError(f"lr_lambda must be a function of the step giving the lr's multiplier (or a list of "
+                                f"them, one per parameter group), got {type(f).__name__}: {f!r:.40}")
         super().__init__(optimizer)
 
     def get_lr(self):
