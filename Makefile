@@ -26,12 +26,14 @@ release: setup  ## the student kit -> _release/: notebooks, their tinytorch pack
 # Instructors: a term in a course directory outside the repository (COURSE=...), see README "For instructors".
 .PHONY: term collect grade formgrader grading-figures grading-dask-figures
 need-course = $(if $(COURSE),,$(error set COURSE=<course directory>, e.g. make $@ COURSE=~/tinytorch-course))
+need-assignment = $(if $(A),,$(error set A=<assignment>, e.g. make $@ COURSE=$(COURSE) A=00_tensor))
 term: setup  ## a course directory at COURSE: nbgrader config, gradebook, every module as an assignment, student kit
 	$(need-course)
 	$(BIN)/python -m coursetools init $(COURSE)
 
 collect: setup  ## submissions of assignment A (e.g. 00_tensor) from an LMS export FROM (a folder per student)
 	$(need-course)
+	$(need-assignment)
 	$(BIN)/python -m coursetools collect $(COURSE) $(A) $(FROM) $(if $(ID_REGEX),--id-regex '$(ID_REGEX)')
 
 # Every grading kernel runs in a bubblewrap sandbox (on every Dask worker): without bwrap, `grade` stops before
@@ -39,6 +41,7 @@ collect: setup  ## submissions of assignment A (e.g. 00_tensor) from an LMS expo
 # without a sandbox" (the opt-out is read where `grade` runs and sent with every task).
 grade: setup  ## autograde assignment A on Dask (all cores, or SCHEDULER=tcp://host:8786; each kernel sandboxed), feedback HTML, COURSE/grades.csv
 	$(need-course)
+	$(need-assignment)
 	$(BIN)/python -m coursetools autograde $(COURSE) $(A) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(JOBS),--jobs $(JOBS)) $(if $(REGRADE),--regrade)
 	$(BIN)/python -m coursetools feedback $(COURSE) $(A)
 	$(BIN)/python -m coursetools grades $(COURSE)

@@ -68,7 +68,28 @@ def main(argv=None):
             print(f"{report['out']}/{page['file']}: {page['title']} ({page['figures']} figures)")
 
     elif args.command in ('init', 'collect', 'autograde', 'feedback', 'grades', 'grading-bench'):
+        _check_course(args, parser)
         return _course(args)
+
+
+def _check_course(args, parser):
+    """The course directory and assignment a command names exist, or the command stops with a message saying what
+    is there instead (not a traceback from nbgrader)."""
+    from pathlib import Path
+    if args.command in ('init', 'grading-bench'):
+        return
+    root = Path(args.course)
+    if not (root / 'nbgrader_config.py').is_file():
+        parser.error(f"{root} is not a course directory (it has no nbgrader_config.py): make one with "
+                     f"`python -m coursetools init {root}` (make term COURSE={root})")
+    if getattr(args, 'assignment', None) is not None:
+        from .course import assignments
+        known = assignments(root)
+        if args.assignment not in known:
+            parser.error(f"{root} has no assignment {args.assignment!r}; its assignments are "
+                         f"{', '.join(known) or 'none'}")
+    if args.command == 'collect' and not Path(args.folder).is_dir():
+        parser.error(f"the export folder {args.folder} does not exist (it should hold one folder per student)")
 
 
 def _course(args):
@@ -95,6 +116,10 @@ def _course(args):
         except KeyboardInterrupt:
             return 130
     elif args.command == 'feedback':
+        from pathlib import Path
+        if not list(Path(args.course).glob(f'autograded/*/{args.assignment}')):
+            print(f"no autograded submission of {args.assignment} in {args.course} yet: no feedback to write")
+            return 0
         course.feedback(args.course, args.assignment)
     elif args.command == 'grades':
         course.grades(args.course, args.out)

@@ -209,3 +209,25 @@ def test_nbgrader_round_trip(path, tmp_path):
     zero = grading.cell_grades(root, assignment, path.stem, 'untouched')
     assert zero.keys() == full.keys()
     assert all(score == 0 for score, _ in zero.values()), {k: v for k, v in zero.items() if v[0]}
+
+
+def test_instructor_commands_name_a_wrong_course_or_assignment(tmp_path, capsys):
+    "autograde/feedback/grades/collect on a folder that is no course, or an assignment it lacks: one line, exit 2."
+    from coursetools.__main__ import main as coursetools_main
+
+    def error(*argv) -> str:
+        with pytest.raises(SystemExit) as stop:
+            coursetools_main(list(map(str, argv)))
+        assert stop.value.code == 2
+        return capsys.readouterr().err.strip().splitlines()[-1]
+    course = tmp_path / 'course'
+    assert 'has no nbgrader_config.py' in error('autograde', course, '00_tensor')
+    assert 'has no nbgrader_config.py' in error('grades', course)
+    (course / 'source' / '00_tensor').mkdir(parents=True)
+    (course / 'source' / '01_nn').mkdir()
+    (course / 'nbgrader_config.py').write_text('c = get_config()\n')
+    assert "has no assignment '99_nope'; its assignments are 00_tensor, 01_nn" in error('autograde', course, '99_nope')
+    assert "has no assignment '0_tensor'" in error('feedback', course, '0_tensor')
+    assert 'the export folder' in error('collect', course, '00_tensor', tmp_path / 'no-export')
+    assert coursetools_main(['feedback', str(course), '00_tensor']) == 0      # nothing graded yet: said, not an error
+    assert 'no autograded submission of 00_tensor' in capsys.readouterr().out
