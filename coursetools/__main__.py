@@ -116,10 +116,6 @@ def _course(args):
         except KeyboardInterrupt:
             return 130
     elif args.command == 'feedback':
-        from pathlib import Path
-        if not list(Path(args.course).glob(f'autograded/*/{args.assignment}')):
-            print(f"no autograded submission of {args.assignment} in {args.course} yet: no feedback to write")
-            return 0
         course.feedback(args.course, args.assignment)
     elif args.command == 'grades':
         course.grades(args.course, args.out)
@@ -129,6 +125,7 @@ def _course(args):
         if args.out:
             with open(args.out, 'w') as f:
                 json.dump(figures, f, indent=1)
+    return 0
 
 
 if __name__ == '__main__':

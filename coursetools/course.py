@@ -618,7 +618,10 @@ FEEDBACK_PAGE = '''<!DOCTYPE html>
 def feedback(root, assignment, log=print) -> dict:
     "HTML feedback for every student: feedback/<student>/<assignment>/<notebook>.html (hidden tests kept hidden)."
     root = Path(root).resolve()
-    _check(nbgrader_api(root).generate_feedback(assignment, force=True), f'generate_feedback {assignment}')
+    if any((root / 'autograded').glob(f'*/{assignment}')):     # nbgrader fails when it has no notebook to render
+        _check(nbgrader_api(root).generate_feedback(assignment, force=True), f'generate_feedback {assignment}')
+    else:
+        log(f"no autograded submission of {assignment} yet: feedback only for those that could not be graded")
     src = source_notebook(root, assignment)
     report_path = root / 'reports' / f'{assignment}.json'
     report = json.loads(report_path.read_text()) if report_path.exists() else {'submissions': {}}

@@ -229,5 +229,11 @@ def test_instructor_commands_name_a_wrong_course_or_assignment(tmp_path, capsys)
     assert "has no assignment '99_nope'; its assignments are 00_tensor, 01_nn" in error('autograde', course, '99_nope')
     assert "has no assignment '0_tensor'" in error('feedback', course, '0_tensor')
     assert 'the export folder' in error('collect', course, '00_tensor', tmp_path / 'no-export')
+    (course / 'source' / '00_tensor' / '00_tensor.ipynb').write_text('{}')
+    (course / 'reports').mkdir()                   # one submission, and it could not be graded (no notebook in it)
+    (course / 'reports' / '00_tensor.json').write_text(json.dumps({'submissions': {'s1': {
+        'graded': False, 'max_score': 10, 'flags': ['no notebook in the submission: scored 0']}}}))
     assert coursetools_main(['feedback', str(course), '00_tensor']) == 0      # nothing graded yet: said, not an error
     assert 'no autograded submission of 00_tensor' in capsys.readouterr().out
+    page = (course / 'feedback' / 's1' / '00_tensor' / '00_tensor.html').read_text()
+    assert 'could not be graded' in page and 'no notebook in the submission' in page   # its page is still written

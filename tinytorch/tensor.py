@@ -182,8 +182,6 @@ class Tensor:
     # --- methods
     def exp(self): return Exp.apply(_floating(self))
     def log(self): return Log.apply(_floating(self))
-    # Reductions and softmax take NumPy's argument names, `axis` and `keepdims`, which PyTorch accepts too;
-    # PyTorch's own `dim` and `keepdim` are not accepted here (a TypeError names them).
     def sum(self, axis=None, keepdims=False):
         "Sum over `axis` (all axes when None); NumPy's names, as PyTorch also allows (not `dim`/`keepdim`)."
         return Sum.apply(self, axis=axis, keepdims=keepdims)

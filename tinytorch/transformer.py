@@ -839,9 +839,10 @@ def load_gpt2(source, nhead: int = None, activation: str = None) -> GPT:
         except ImportError:
             raise ImportError("reading model.safetensors needs the safetensors package: "
                               "pip install 'tinytorch[gpt2]'") from None
+        from safetensors import SafetensorError
         try:
             arrays = load_file(path / 'model.safetensors')
-        except Exception as e:                       # safetensors' own error type: a file it cannot read
+        except (SafetensorError, OSError) as e:
             raise ValueError(f"{path / 'model.safetensors'} is not a readable safetensors file ({e})") from None
     else:
         raise TypeError(f"load_gpt2 takes a checkpoint directory (a path) or a dict of arrays, "
@@ -850,11 +851,12 @@ def load_gpt2(source, nhead: int = None, activation: str = None) -> GPT:
     if 'wte.weight' not in keys or 'wpe.weight' not in keys:
         raise KeyError(f"not a GPT-2 state: it needs wte.weight and wpe.weight, and has "
                        f"{', '.join(sorted(keys)[:6]) or 'no arrays'}{', ...' if len(keys) > 6 else ''}")
-    get = lambda k: np.asarray(arrays[k if k in arrays else 'transformer.' + k])
-    wte, wpe = get('wte.weight'), get('wpe.weight')
     layers = {int(k.split('.')[1]) for k in keys if k.startswith('h.') and k.split('.')[1].isdigit()}
-    d, L = wte.shape[1], max(layers, default=-1) + 1                # h.0 ... h.{L-1}: a gap is an error below
-    f = get('h.0.mlp.c_fc.weight').shape[1] if 'h.0.mlp.c_fc.weight' in keys else 4 * d          # Conv1D: (d_model, dim_feedforward)
+    L = max(layers, default=-1) + 1                                # h.0 ... h.{L-1}: a gap is an error in _gpt2_state
+    state = _gpt2_state(arrays, L)                                 # every array there, before a model is built
+    wte, wpe = state['tok_emb.weight'], state['pos_emb.weight']
+    d = wte.shape[1]
+    f = state['blocks.0.linear1.weight'].shape[0] if L else 4 * d
     hf_activation = hf.get('activation_function', 'gelu_new')      # GPT-2's: GELU, tanh approximation
     if activation is None and hf_activation not in _HF_ACTIVATIONS:
         raise ValueError(f"activation_function {hf_activation!r} has no counterpart here; known: "
@@ -867,5 +869,5 @@ def load_gpt2(source, nhead: int = None, activation: str = None) -> GPT:
                                activation=activation, norm_first=True, positional='learned',
                                tie_weights=True, layer_norm_eps=hf.get('layer_norm_epsilon', 1e-5))
     model = GPT(config)
-    model.load_state_dict(_gpt2_state(arrays, L))
+    model.load_state_dict(state)
     return model.eval()
